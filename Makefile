@@ -1,0 +1,30 @@
+# polyexp: `make run` runs the default experiment, `make test` runs the tests.
+# Each sets up .venv first (once, and again when pyproject.toml or constraints.txt change).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: run test lint ui clean
+
+$(READY): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: $(READY)  ## the default experiment; pass overrides as ARGS='model=sequential optimizer=rmsprop'
+	$(BIN)/polyexp $(ARGS)
+
+test: $(READY)  ## the whole suite (about two minutes on two cores)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(READY)
+	$(BIN)/ruff check polyexp tests
+	$(BIN)/ruff format --check polyexp tests
+	$(BIN)/mypy
+
+ui: $(READY)  ## the MLflow UI on the default store: http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/multirun

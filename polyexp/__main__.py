@@ -1,0 +1,3 @@
+from polyexp.cli import main
+
+main()

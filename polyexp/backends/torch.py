@@ -1,0 +1,63 @@
+"""torch tensors, gradients by hand: the seed's second program, with the features computed once.
+
+Kept line for line parallel to polyexp.backends.numpy, so a diff shows only the array library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyexp import optimizers
+from polyexp.config import ConfigError, Settings
+from polyexp.data import Problem
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu | cuda | mps | auto -> a torch.device that exists here, or a one-line ConfigError."""
+    cuda = torch.cuda.is_available()
+    mps = torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if cuda else "mps" if mps else "cpu"
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        here = ", ".join(
+            d for d, ok in (("cpu", True), ("cuda", cuda), ("mps", mps), ("auto", True)) if ok
+        )
+        raise ConfigError(f"device={name!r} is not available on this machine; choose from {here}")
+    return torch.device("cuda:0" if name == "cuda" else name)
+
+
+class TorchFit:
+    def __init__(self, settings: Settings, problem: Problem) -> None:
+        dtype, device = getattr(torch, settings.dtype), resolve_device(settings.device)
+        x = torch.as_tensor(problem.x, device=device).to(dtype)
+        # Features (1, x, x^2, x^3) once, so each step is two mat-vecs instead of six power maps.
+        self.features = torch.stack([torch.ones_like(x), x, x**2, x**3], dim=1)
+        self.y = torch.as_tensor(problem.y, device=device).to(dtype)
+        self.theta = torch.as_tensor(problem.initial, device=device).to(dtype)  # (a, b, c, d)
+        self.optimizer = optimizers.build(settings.optimizer, settings.hyper, torch)
+        self.state = self.optimizer.init(self.theta)
+        self.device = str(device)
+
+    def step(self) -> Any:
+        # Forward pass: y_pred = a + b x + c x^2 + d x^3.
+        y_pred = self.features @ self.theta
+        residual = y_pred - self.y
+        loss = residual @ residual  # summed squared error
+        # Backward pass: d loss / d theta = 2 * features^T (y_pred - y).
+        grad = 2.0 * (residual @ self.features)
+        self.theta, self.state = self.optimizer.update(self.theta, grad, self.state)
+        return loss
+
+    def fetch(self, losses: list[Any]) -> np.ndarray:
+        return torch.stack(losses).to("cpu", torch.float64).numpy()
+
+    def coefficients(self) -> np.ndarray:
+        return self.theta.to("cpu", torch.float64).numpy()
+
+
+def build(settings: Settings, problem: Problem) -> TorchFit:
+    torch.manual_seed(settings.seed)
+    return TorchFit(settings, problem)

@@ -1,0 +1,103 @@
+"""One run, in the order data flows: config -> parts -> loop -> record."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from polyexp import backends, config, models, plots, tracking
+from polyexp.data import make_problem
+from polyexp.loop import History, train
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run returns (and records): final coefficients, the loss at every step, the run id."""
+
+    run_id: str
+    coefficients: dict[str, float]  # a, b, c, d
+    final_loss: float  # summed squared error of the final coefficients, in float64
+    losses: np.ndarray  # the loss at every step, computed before that step's update
+    train_seconds: float  # wall time of the training loop alone
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 1e-6}} -> {'optimizer.lr': 1e-6}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
+def run_name(s: config.Settings, overrides: Sequence[str]) -> str:
+    """The four choices, then any values set on the command line: readable in a list of runs."""
+    choices = "-".join((s.model, s.optimizer, s.backend, s.device))
+    values = [
+        o
+        for o in overrides
+        if "." in o.split("=")[0] or o.split("=")[0] in ("seed", "steps", "dtype")
+    ]
+    return " ".join([choices, *values])
+
+
+def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
+    """Checks `cfg`, trains, and records the run in MLflow; returns what it recorded.
+
+    Raises config.ConfigError (one line, naming the key) before anything is recorded."""
+    # Config -> parts: everything that can be refused is refused before a run exists.
+    s = config.check(cfg)
+    problem = make_problem(s)
+    fit = backends.build(s, problem)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tags = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
+
+    with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
+        # Loop: losses computed so far are recorded even if training stops early.
+        history = History(fit)
+        start = time.perf_counter()
+        try:
+            train(fit, s.steps, history, s.log_every)
+        finally:
+            train_seconds = time.perf_counter() - start
+            losses = history.values()
+            record.log_losses(losses)
+
+        # Record: final numbers, then the artifacts.
+        theta = fit.coefficients()
+        y_pred = models.predict(theta, problem.x)
+        final_loss = float(np.sum((y_pred - problem.y) ** 2))
+        coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
+        print(f"Result: {models.formula(theta)}")
+        record.log_metrics(
+            {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            (folder / "overrides.yaml").write_text(
+                OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
+            )
+            result = {
+                "coefficients": coefficients,
+                "final_loss": final_loss,
+                "steps": s.steps,
+                "device": fit.device,
+                "train_seconds": train_seconds,
+            }
+            (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            np.savez(folder / "parameters.npz", **models.parameters(s.model, theta))  # type: ignore[arg-type]
+            plots.loss_curve(losses, folder / "loss.png")
+            plots.fit_against_target(problem.x, problem.y, y_pred, folder / "fit.png")
+            record.log_artifacts(folder)
+
+    return Result(record.run_id, coefficients, final_loss, losses, train_seconds)

@@ -1,0 +1,108 @@
+"""Recording a run in MLflow: where the store is, and one run's params, metrics and artifacts.
+
+The store is `MLFLOW_TRACKING_URI` when set, else an embedded SQLite database under
+`outputs/` (no server); the experiment is `MLFLOW_EXPERIMENT_NAME` when set, else `polyexp`.
+Everything goes through an explicit MlflowClient and batched writes: no global active run
+that could leak into the next job of a multirun, and 2000 step losses in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+
+DEFAULT_EXPERIMENT = "polyexp"
+DEFAULT_STORE = Path("outputs") / "mlflow.db"
+
+# MLflow and alembic announce schema migrations at INFO, which Hydra would print on every new store.
+for _name in ("alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    # Artifacts of an SQLite store live beside the database, never in a stray ./mlruns.
+    db = _sqlite_path(uri)
+    location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # another process created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+class RecordedRun:
+    """One MLflow run, open while training: metrics and artifacts go in through here."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_losses(self, losses: np.ndarray) -> None:
+        """Logs the loss of every step, step = iteration index, in batched writes."""
+        now = int(time.time() * 1000)
+        metrics = [Metric("loss", float(v), now, step) for step, v in enumerate(losses)]
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+
+    def log_metrics(self, values: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+
+    def log_artifacts(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
+
+
+@contextmanager
+def start_run(
+    run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> Iterator[RecordedRun]:
+    """Opens a run and always closes it: FINISHED, FAILED (error in the tag `error`) or KILLED."""
+    uri = tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment_id = _experiment_id(client, experiment_name(), uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags)))
+    run_id = run.info.run_id
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        yield RecordedRun(client, run_id)
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        raise
+    finally:
+        client.set_terminated(run_id, status)

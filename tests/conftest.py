@@ -1,0 +1,40 @@
+"""Shared fixtures: a real MLflow store in a temp folder, one experiment per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the session: creating a fresh one costs ~1.5 s of migrations."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def store(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+    """Points polyexp (in this process and in subprocesses) at the test store, with a fresh
+    experiment per test; yields a client to read the record back."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    client = MlflowClient(store_uri)
+    yield client
+
+
+def runs(client: MlflowClient) -> list:
+    """Every run of the current test's experiment, oldest first."""
+    experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    if experiment is None:
+        return []
+    found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return list(found)

@@ -1,0 +1,130 @@
+"""Every model x optimizer x backend trains, and in float64 they all follow one trajectory."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import polyexp
+from polyexp import backends, config, models
+from polyexp.data import make_problem
+from polyexp.loop import History, train
+
+LR = {"manual_sgd": 1e-6, "sgd": 1e-6, "rmsprop": 1e-3}
+
+
+def _train(overrides: list[str], steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    s = config.check(polyexp.compose([*overrides, f"steps={steps}"]))
+    fit = backends.build(s, make_problem(s))
+    history = History(fit)
+    train(fit, s.steps, history, log_every=0)
+    return history.values(), fit.coefficients()
+
+
+@pytest.mark.parametrize("optimizer", config.OPTIMIZERS)
+def test_every_backend_and_model_follows_one_trajectory_in_float64(optimizer: str) -> None:
+    results = {
+        (backend, model): _train(
+            [
+                f"backend={backend}",
+                f"model={model}",
+                f"optimizer={optimizer}",
+                f"optimizer.lr={LR[optimizer]}",
+                "dtype=float64",
+                "seed=3",
+            ]
+        )
+        for backend, model in itertools.product(config.BACKENDS, config.MODELS)
+    }
+    reference_losses, reference = results["numpy", "polynomial3"]
+    assert reference_losses[-1] < reference_losses[0] / 2  # it trains
+    for key, (losses, coefficients) in results.items():
+        np.testing.assert_allclose(coefficients, reference, rtol=0, atol=1e-9, err_msg=str(key))
+        np.testing.assert_allclose(losses, reference_losses, rtol=1e-9, err_msg=str(key))
+
+
+@pytest.mark.parametrize("backend", config.BACKENDS)
+def test_float32_runs_in_float32_and_lands_near_float64(backend: str) -> None:
+    losses32, coefficients32 = _train([f"backend={backend}", "dtype=float32"])
+    losses64, coefficients64 = _train([f"backend={backend}", "dtype=float64"])
+    np.testing.assert_allclose(coefficients32, coefficients64, atol=1e-4)
+    assert not np.array_equal(losses32, losses64)  # float32 really ran in float32
+
+
+def test_normal_init_is_seeded_and_the_same_on_every_backend_and_model() -> None:
+    starts = set()
+    for backend, model in itertools.product(config.BACKENDS, config.MODELS):
+        s = config.check(
+            polyexp.compose([f"backend={backend}", f"model={model}", "seed=7", "dtype=float64"])
+        )
+        starts.add(tuple(backends.build(s, make_problem(s)).coefficients()))
+    assert len(starts) == 1
+    other = config.check(polyexp.compose(["seed=8"]))
+    assert tuple(make_problem(other).initial) not in starts
+
+
+def test_fixed_init_sets_sequential_bias_and_weight() -> None:
+    s = config.check(
+        polyexp.compose(["model=sequential", "init=fixed", "init.coefficients=[1,2,3,4]"])
+    )
+    fit = backends.build(s, make_problem(s))
+    layer = fit.model[0]  # type: ignore[attr-defined]
+    assert layer.bias.tolist() == [1.0] and layer.weight.tolist() == [[2.0, 3.0, 4.0]]
+    params = models.parameters("sequential", fit.coefficients())
+    assert set(params) == set(fit.model.state_dict())  # type: ignore[attr-defined]
+
+
+def test_polynomial3_parameters_are_named_as_its_module() -> None:
+    s = config.check(polyexp.compose(["init=fixed", "init.coefficients=[1,2,3,4]"]))
+    fit = backends.build(s, make_problem(s))
+    state = fit.model.state_dict()  # type: ignore[attr-defined]
+    params = models.parameters("polynomial3", fit.coefficients())
+    assert {k: float(v) for k, v in params.items()} == {k: float(v) for k, v in state.items()}
+
+
+def test_seed_module_settings_end_near_loss_9_to_12() -> None:
+    losses, _ = _train(["model=polynomial3", "optimizer=sgd"], steps=2000)
+    assert 8.8 < losses[-1] < 13
+
+
+def test_rmsprop_default_lr_converges_near_the_optimum() -> None:
+    losses, coefficients = _train(["model=sequential", "optimizer=rmsprop"], steps=2000)
+    assert losses[-1] < 12
+    np.testing.assert_allclose(coefficients, [0, 0.856741, 0, -0.093330], atol=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("backend", ["torch", "autograd"])
+def test_cuda_without_a_gpu_is_refused_before_training(backend: str) -> None:
+    s = config.check(polyexp.compose([f"backend={backend}", "device=cuda"]))
+    with pytest.raises(
+        config.ConfigError, match=r"device='cuda' is not available .*choose from cpu"
+    ):
+        backends.build(s, make_problem(s))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_apple_silicon_is_refused() -> None:
+    s = config.check(polyexp.compose(["backend=torch", "device=mps"]))
+    with pytest.raises(config.ConfigError, match="device='mps' is not available"):
+        backends.build(s, make_problem(s))
+
+
+@pytest.mark.parametrize("backend", config.BACKENDS)
+def test_auto_picks_what_exists(backend: str) -> None:
+    s = config.check(polyexp.compose([f"backend={backend}", "device=auto"]))
+    device = backends.build(s, make_problem(s)).device
+    expected = "cpu" if backend == "numpy" else "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert device == expected or (device == "mps" and torch.backends.mps.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "autograd"])
+def test_cuda_trains_like_the_cpu(backend: str) -> None:
+    _, on_cuda = _train([f"backend={backend}", "device=cuda", "dtype=float64"])
+    _, on_cpu = _train([f"backend={backend}", "device=cpu", "dtype=float64"])
+    np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-9)

@@ -1,0 +1,130 @@
+"""The `polyexp` command end to end: a real process, a real MLflow store, read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import SHARED, runs
+
+pytestmark = pytest.mark.slow
+
+
+def polyexp(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polyexp", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_run_prints_like_the_seed_and_meets_the_record_contract(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    done = polyexp("backend=numpy", "steps=250", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["99", "199"]
+    assert lines[-1].startswith("Result: y = ") and lines[-1].endswith(" x^3")
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED"
+    assert len(store.get_metric_history(run.info.run_id, "loss")) == 250
+    assert list(
+        (tmp_path / "outputs" / "runs").glob("*/*/.hydra/config.yaml")
+    )  # Hydra's own record
+    contract = SHARED / "contract" / "check_record.py"
+    if contract.exists():
+        check = subprocess.run(
+            [sys.executable, str(contract)],
+            capture_output=True,
+            text=True,
+            env={**os.environ},
+            timeout=120,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_console_script_runs_a_preset(store: MlflowClient, tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("polyexp")
+    done = subprocess.run(
+        [str(script), "experiment=seed_nn", "steps=5"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = runs(store)
+    assert (run.data.tags["model"], run.data.tags["optimizer"]) == ("sequential", "manual_sgd")
+    assert run.data.params["optimizer.lr"] == "1e-06"
+
+
+def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_path: Path) -> None:
+    done = polyexp(
+        "-m",
+        "optimizer=manual_sgd,sgd,rmsprop",
+        "backend=numpy,torch,autograd",
+        "steps=5",
+        "log_every=0",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    found = runs(store)
+    assert len(found) == 9
+    assert {r.info.status for r in found} == {"FINISHED"}
+    combos = {(r.data.tags["optimizer"], r.data.tags["backend"]) for r in found}
+    assert len(combos) == 9
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["steps=0"], "polyexp: error: steps=0: expected a whole number >= 1"),
+        (["optimizer.lr=-1"], "polyexp: error: optimizer.lr=-1: expected a number > 0"),
+        (
+            ["backend=numpy", "device=cuda"],
+            "polyexp: error: device='cuda' cannot run backend=numpy",
+        ),
+        (["init=fixed", "init.coefficients=[1,2]"], "polyexp: error: init.coefficients=[1, 2]"),
+    ],
+)
+def test_bad_input_is_one_line_and_records_nothing(
+    args: list[str], message: str, store: MlflowClient, tmp_path: Path
+) -> None:
+    done = polyexp(*args, cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip().startswith(message)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert runs(store) == []
+
+
+def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polyexp", "backend=numpy", "steps=100000000", "log_every=0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not runs(store) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it train a while
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "Traceback" not in stderr
+    (run,) = runs(store)
+    assert run.info.status == "KILLED"
+    assert len(store.get_metric_history(run.info.run_id, "loss")) > 100

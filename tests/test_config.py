@@ -1,0 +1,141 @@
+"""Every option composes, presets pick their seed program's choices, bad values are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import polyexp
+from polyexp import config
+
+CONF = Path(polyexp.__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "optimizer", "backend", "device", "init", "data", "experiment")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_the_axes_offer_what_the_design_names() -> None:
+    assert _options("model") == sorted(config.MODELS)
+    assert _options("optimizer") == sorted(config.OPTIMIZERS)
+    assert _options("backend") == sorted(config.BACKENDS)
+    assert _options("device") == sorted(config.DEVICES)
+    assert _options("init") == sorted(config.INITS)
+    assert _options("experiment") == sorted(
+        ["seed_numpy", "seed_tensor", "seed_autograd", "seed_nn", "seed_optim", "seed_module"]
+    )
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{g}={o}" for g in GROUPS for o in _options(g) if not (g == "init" and o == "fixed")]
+    + ["init=fixed"],
+)
+def test_every_option_composes_and_names_itself(override: str) -> None:
+    extra = ["init.coefficients=[0,1,0,0]"] if override == "init=fixed" else []
+    cfg = polyexp.compose([override, *extra])
+    group, option = override.split("=")
+    if group != "experiment":
+        assert cfg[group].name == option
+    if group not in ("device", "experiment") and override != "backend=numpy":
+        config.check(cfg)  # every option is also valid on the default choices
+
+
+def test_defaults_are_the_seed_module_program() -> None:
+    cfg = polyexp.compose()
+    s = config.check(cfg)
+    assert (s.model, s.optimizer, s.backend, s.device) == ("polynomial3", "sgd", "autograd", "cpu")
+    assert (s.steps, s.dtype, s.hyper["lr"], s.n) == (2000, "float32", 1e-6, 2000)
+
+
+@pytest.mark.parametrize(
+    ("preset", "model", "optimizer", "backend", "dtype"),
+    [
+        ("seed_numpy", "polynomial3", "manual_sgd", "numpy", "float64"),
+        ("seed_tensor", "polynomial3", "manual_sgd", "torch", "float32"),
+        ("seed_autograd", "polynomial3", "manual_sgd", "autograd", "float64"),
+        ("seed_nn", "sequential", "manual_sgd", "autograd", "float32"),
+        ("seed_optim", "sequential", "rmsprop", "autograd", "float32"),
+        ("seed_module", "polynomial3", "sgd", "autograd", "float32"),
+    ],
+)
+def test_presets_choose_what_their_seed_program_uses(
+    preset: str, model: str, optimizer: str, backend: str, dtype: str
+) -> None:
+    s = config.check(polyexp.compose([f"experiment={preset}"]))
+    assert (s.model, s.optimizer, s.backend, s.dtype) == (model, optimizer, backend, dtype)
+    assert (s.hyper["lr"], s.steps) == (1e-6, 2000)
+
+
+def test_rmsprop_alone_defaults_to_a_converging_lr_and_torch_defaults() -> None:
+    s = config.check(polyexp.compose(["optimizer=rmsprop"]))
+    assert s.hyper == {
+        "lr": 1e-3,
+        "alpha": 0.99,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+        "centered": False,
+    }
+
+
+def test_a_preset_still_takes_overrides() -> None:
+    s = config.check(polyexp.compose(["experiment=seed_optim", "optimizer.lr=1e-3", "steps=5"]))
+    assert (s.hyper["lr"], s.steps, s.optimizer) == (1e-3, 5, "rmsprop")
+
+
+BAD = [
+    (["steps=0"], "steps=0"),
+    (["steps=-5"], "steps=-5"),
+    (["steps=abc"], "steps='abc'"),
+    (["steps=1.5"], "steps=1.5"),
+    (["optimizer.lr=0"], "optimizer.lr=0"),
+    (["optimizer.lr=-1e-3"], "optimizer.lr=-0.001"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf"),
+    (["optimizer=rmsprop", "optimizer.eps=0"], "optimizer.eps=0"),
+    (["optimizer=rmsprop", "optimizer.alpha=2"], "optimizer.alpha=2"),
+    (["optimizer.momentum=-0.5"], "optimizer.momentum=-0.5"),
+    (["optimizer.nesterov=true"], "optimizer.nesterov=true"),
+    (["optimizer.nesterov=maybe"], "optimizer.nesterov='maybe'"),
+    (["+optimizer.betas=1"], "optimizer.betas"),
+    (["dtype=float16"], "dtype='float16'"),
+    (["seed=-1"], "seed=-1"),
+    (["data.n=0"], "data.n=0"),
+    (["data.low=1", "data.high=0"], "data.high"),
+    (["init=fixed"], "init.coefficients"),
+    (["init=fixed", "init.coefficients=[1,2,3]"], "init.coefficients=[1, 2, 3]"),
+    (["init=fixed", "init.coefficients=[1,2,3,x]"], "init.coefficients[3]='x'"),
+    (["init=fixed", "init.coefficients=[1,2,3,nan]"], "init.coefficients[3]=nan"),
+    (["init=fixed", "init.coefficients=5"], "init.coefficients=5"),
+    (["backend=numpy", "device=cuda"], "device='cuda'"),
+    (["backend=numpy", "device=mps"], "device='mps'"),
+    (["model.name=mlp"], "model.name='mlp'"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "names"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_are_refused_in_one_line_naming_the_key(
+    overrides: list[str], names: str
+) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.check(polyexp.compose(overrides))
+    message = str(caught.value)
+    assert names in message
+    assert "\n" not in message
+
+
+def test_the_error_lists_the_choices() -> None:
+    with pytest.raises(config.ConfigError, match="choose from float32, float64"):
+        config.check(polyexp.compose(["dtype=float16"]))
+
+
+def test_config_yaml_comments_every_top_level_key() -> None:
+    text = (CONF / "config.yaml").read_text()
+    for key in ("seed", "steps", "dtype", "log_every"):
+        line = next(row for row in text.splitlines() if row.startswith(f"{key}:"))
+        assert "#" in line, f"{key} has no comment"
+    assert set(OmegaConf.load(CONF / "config.yaml")) >= {"seed", "steps", "dtype"}

@@ -1,0 +1,76 @@
+"""The hand-written update rules equal torch.optim's, step for step, in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polyexp import optimizers
+
+SGD_CASES = [
+    {"lr": 1e-2},
+    {"lr": 1e-2, "momentum": 0.9},
+    {"lr": 1e-2, "momentum": 0.9, "dampening": 0.3},
+    {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
+    {"lr": 1e-2, "momentum": 0.5, "weight_decay": 0.1},
+]
+RMSPROP_CASES = [
+    {"lr": 1e-2},
+    {"lr": 1e-3, "alpha": 0.9, "eps": 1e-6},
+    {"lr": 1e-2, "centered": True},
+    {"lr": 1e-2, "momentum": 0.9},
+    {"lr": 1e-2, "momentum": 0.5, "centered": True, "weight_decay": 0.1},
+]
+
+
+def _grad(theta: np.ndarray, matrix: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Gradient of a small least-squares problem, so the trajectory depends on the rule."""
+    return 2 * matrix.T @ (matrix @ theta - target)
+
+
+def _trajectories(
+    name: str, hyper: dict, xp_name: str, steps: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    matrix, target, theta0 = rng.normal(size=(6, 4)), rng.normal(size=6), rng.normal(size=4)
+
+    reference = torch.tensor(theta0, requires_grad=True)
+    torch_class = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}[name]
+    torch_optimizer = torch_class([reference], **hyper)
+
+    xp = np if xp_name == "numpy" else torch
+    theta = theta0.copy() if xp is np else torch.tensor(theta0)
+    ours = optimizers.build(name, hyper, xp)
+    state = ours.init(theta)
+    for _ in range(steps):
+        reference.grad = torch.tensor(_grad(reference.detach().numpy(), matrix, target))
+        torch_optimizer.step()
+        grad = _grad(np.asarray(theta), matrix, target)
+        theta, state = ours.update(theta, grad if xp is np else torch.tensor(grad), state)
+    return np.asarray(theta), reference.detach().numpy()
+
+
+@pytest.mark.parametrize("xp_name", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    ("name", "hyper"),
+    [("sgd", h) for h in SGD_CASES] + [("rmsprop", h) for h in RMSPROP_CASES],
+    ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_update_rule_matches_torch_optim_in_float64(name: str, hyper: dict, xp_name: str) -> None:
+    ours, reference = _trajectories(name, hyper, xp_name)
+    np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-14)
+
+
+def test_a_wrong_rule_is_caught() -> None:
+    """The comparison above can fail: momentum left out differs from torch's momentum SGD."""
+    ours, _ = _trajectories("sgd", {"lr": 1e-2}, "numpy")
+    _, reference = _trajectories("sgd", {"lr": 1e-2, "momentum": 0.9}, "numpy")
+    assert not np.allclose(ours, reference, rtol=1e-6)
+
+
+def test_manual_sgd_is_p_minus_lr_grad() -> None:
+    rule = optimizers.manual_sgd(lr=0.5)
+    param, state = rule.update(np.array([1.0, 2.0]), np.array([4.0, -2.0]), rule.init(None))
+    np.testing.assert_array_equal(param, [-1.0, 3.0])
+    assert state is None
