@@ -128,3 +128,11 @@ def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
     (run,) = runs(store)
     assert run.info.status == "KILLED"
     assert len(store.get_metric_history(run.info.run_id, "loss")) > 100
+
+
+def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
+    done = polyexp("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("polyexp: fit y = sin(x)")
+    assert "optimizer: manual_sgd, rmsprop, sgd" in done.stdout
+    assert "$MLFLOW_TRACKING_URI" in done.stdout
