@@ -67,10 +67,11 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
         start = time.perf_counter()
         try:
             train(fit, s.steps, history, s.log_every)
-        finally:
-            train_seconds = time.perf_counter() - start
-            losses = history.values()
-            record.log_losses(losses)
+        except BaseException:
+            record.log_metrics(history.values(), {})
+            raise
+        train_seconds = time.perf_counter() - start
+        losses = history.values()
 
         # Record: final numbers, then the artifacts.
         theta = fit.coefficients()
@@ -78,9 +79,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
         final_loss = float(np.sum((y_pred - problem.y) ** 2))
         coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
         print(f"Result: {models.formula(theta)}")
-        record.log_metrics(
-            {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
-        )
+        final = {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
+        record.log_metrics(losses, final)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -117,12 +117,15 @@ def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not runs(store) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # let it train a while
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not runs(store) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # let it train a while
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never leave it running if the test fails
     assert process.returncode != 0
     assert "Traceback" not in stderr
     (run,) = runs(store)
