@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +45,30 @@ def fit_against_target(x: np.ndarray, y: np.ndarray, y_pred: np.ndarray, path: P
     ax.legend()
     ax.grid(True, alpha=0.3)
     _save(fig, path)
+
+
+def draw_in_background(
+    losses: np.ndarray, x: np.ndarray, y: np.ndarray, y_pred: np.ndarray, folder: Path
+) -> Callable[[], None]:
+    """Starts drawing loss.png and fit.png into `folder`; returns a `wait()` that returns once
+    both are written. On Linux they are drawn in a forked process, so the drawing (~0.1 s) runs
+    beside the MLflow writes instead of after them; elsewhere they are drawn here and now."""
+
+    def draw() -> None:
+        loss_curve(losses, folder / "loss.png")
+        fit_against_target(x, y, y_pred, folder / "fit.png")
+
+    if sys.platform != "linux":  # fork is unsafe on macOS and absent on Windows
+        draw()
+        return lambda: None
+    process = multiprocessing.get_context("fork").Process(target=draw, name="polyexp-plots")
+    sys.stdout.flush()  # or the child would print what is still buffered here a second time
+    sys.stderr.flush()
+    process.start()
+
+    def wait() -> None:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"drawing the plots failed (exit code {process.exitcode})")
+
+    return wait

@@ -80,9 +80,10 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
         coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
         print(f"Result: {models.formula(theta)}")
         final = {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
-        record.log_metrics(losses, final)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
+            plots_done = plots.draw_in_background(losses, problem.x, problem.y, y_pred, folder)
+            record.log_metrics(losses, final)
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             (folder / "overrides.yaml").write_text(
                 OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
@@ -96,8 +97,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
             }
             (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
             np.savez(folder / "parameters.npz", **models.parameters(s.model, theta))  # type: ignore[arg-type]
-            plots.loss_curve(losses, folder / "loss.png")
-            plots.fit_against_target(problem.x, problem.y, y_pred, folder / "fit.png")
+            plots_done()
             record.log_artifacts(folder)
 
     return Result(record.run_id, coefficients, final_loss, losses, train_seconds)
