@@ -95,6 +95,19 @@ def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_pa
             "polyexp: error: device='cuda' cannot run backend=numpy",
         ),
         (["init=fixed", "init.coefficients=[1,2]"], "polyexp: error: init.coefficients=[1, 2]"),
+        (
+            ["model=mlp"],
+            "polyexp: error: model=mlp is not an option; choose from polynomial3, sequential",
+        ),
+        (
+            ["optimizer=adam"],
+            "polyexp: error: optimizer=adam is not an option; choose from manual_sgd",
+        ),
+        (
+            ["stepz=5"],
+            "polyexp: error: Could not override 'stepz'. To append to your config use +stepz=5",
+        ),
+        (["steps=[1"], "polyexp: error: cannot parse the override 'steps=[1'"),
     ],
 )
 def test_bad_input_is_one_line_and_records_nothing(
