@@ -1,12 +1,13 @@
-"""torch's deterministic settings, for the span of one run.
+"""torch's deterministic settings, for the span of one run on a GPU.
 
 What we measured (CPU, torch 2.13 with MKL, NumPy with OpenBLAS): a run is bit-identical from
 process to process for the same thread count, and torch's deterministic mode changes none of
-its CPU numbers. The thread count does change them (torch's matrix products with 1, 2 or 4
-threads even for 2000 points; NumPy's with 1 or more OpenBLAS threads from about 20000
-points), so runs record their thread counts (polyexp.provenance). On CUDA, cuBLAS needs a
-fixed workspace (CUBLAS_WORKSPACE_CONFIG) to repeat its sums, and torch's deterministic mode
-warns about any operation that could not repeat them.
+its CPU numbers (it only costs time), so on the CPU it stays off. The thread count does change
+them (torch's matrix products with 1, 2 or 4 threads even for 2000 points; NumPy's with 1 or
+more OpenBLAS threads from about 20000 points), so runs record their thread counts
+(polyexp.provenance). On CUDA, cuBLAS needs a fixed workspace (CUBLAS_WORKSPACE_CONFIG) to
+repeat its sums, and torch's deterministic mode warns about any operation that could not
+repeat them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ from polyexp.config import Settings
 CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace, as torch's reproducibility notes ask
 
 
+def wanted(s: Settings) -> bool:
+    """A torch backend asked for cuda (or for auto, which may pick it)."""
+    return s.backend != "numpy" and s.device in ("cuda", "auto")
+
+
 @contextmanager
 def settings(s: Settings) -> Iterator[None]:
-    """Turns on torch's deterministic algorithms for a run on a torch backend, then restores
-    what was set before. A run on the numpy backend is left alone (and never imports torch)."""
-    if s.backend == "numpy":
+    """Turns on torch's deterministic algorithms for a run that may use CUDA, then restores
+    what was set before. Other runs are left alone (a numpy run never imports torch)."""
+    if not wanted(s):
         yield
         return
     import torch
 
-    if s.device in ("cuda", "auto"):
-        # Read once, at the first cuBLAS call of the process; a value the user set wins.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    # Read once, at the first cuBLAS call of the process; a value the user set wins.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     before = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),

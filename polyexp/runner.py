@@ -69,7 +69,7 @@ def run(
     `tags` are added to the run's own (e.g. `polyexp.rerun_of`). Raises config.ConfigError
     (one line, naming the key) before anything is recorded."""
     s = config.check(cfg)
-    with determinism.settings(s):  # torch's deterministic mode, for this run only
+    with determinism.settings(s):  # torch's deterministic mode on GPUs, for this run only
         return _run(cfg, s, overrides, tags or {})
 
 

@@ -8,6 +8,7 @@ coefficients is its test_normal_init_is_seeded_and_the_same_on_every_backend_and
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -87,9 +88,11 @@ def test_another_process_repeats_this_process_bit_for_bit(
         assert {k: run.data.metrics[k] for k in "abcd"} == here.coefficients, backend
 
 
-def test_a_torch_run_trains_in_deterministic_mode_and_restores_it_after(
-    store: MlflowClient, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("device", "deterministic"), [("cpu", False), ("auto", True)])
+def test_a_run_that_may_use_cuda_trains_in_deterministic_mode_and_restores_it_after(
+    device: str, deterministic: bool, store: MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On the CPU deterministic mode changes no number (measured), so only cuda turns it on."""
     seen: list[bool] = []
 
     def spy(*args: object, **kwargs: object) -> None:
@@ -97,10 +100,13 @@ def test_a_torch_run_trains_in_deterministic_mode_and_restores_it_after(
         train(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runner, "train", spy)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # remembers what was there, for teardown
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     assert not torch.are_deterministic_algorithms_enabled()
-    polyexp.run(["backend=autograd", "steps=5", "log_every=0"])
-    assert seen == [True]
+    polyexp.run(["backend=autograd", f"device={device}", "steps=5", "log_every=0"])
+    assert seen == [deterministic]
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is back
+    assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") == deterministic
 
 
 @pytest.mark.gpu
