@@ -99,19 +99,19 @@ def environment_changes(before: dict[str, str], after: dict[str, str]) -> list[s
 
 def rerun(run_id: str) -> tuple[bool, str]:
     """Reruns `run_id` as a new run; returns (bit-identical?, a one-line verdict)."""
-    from polyexp.runner import run  # after the checks, so a bad id answers fast
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files
     client = open_store()
     source = source_run(client, run_id)
     cfg, overrides = recorded_config(client, run_id)
+    from polyexp.runner import run  # after the checks, so a bad id answers fast
+
     if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         experiment = client.get_experiment(source.info.experiment_id)
         os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment.name  # the rerun lands beside it
     try:
         result = run(cfg, overrides, tags={RERUN_OF: run_id})
     except ConfigError as error:
-        raise CannotRerun(f"run {run_id}'s config no longer checks: {error}") from None
+        raise CannotRerun(f"run {run_id} cannot run here: {error}") from None
 
     new = client.get_run(result.run_id)
     recorded, again = loss_history(client, run_id), loss_history(client, result.run_id)

@@ -193,3 +193,20 @@ def test_without_a_store_it_says_so_and_creates_none(
         "(set MLFLOW_TRACKING_URI)"
     ]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_recorded_config_that_cannot_run_here_is_one_line_and_exit_status_2(
+    store: MlflowClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = polyexp.run(["backend=numpy", *CONFIG])
+    capsys.readouterr()
+    folder = Path(store.get_run(source.run_id).info.artifact_uri.removeprefix("file://"))
+    recorded = folder / "config.yaml"
+    recorded.write_text(recorded.read_text().replace("steps: 200", "steps: 0"))
+    code, out, err = _rerun_in_process(source.run_id, capsys)
+    assert code == 2 and out == []
+    assert err == [
+        f"polyexp-rerun: error: run {source.run_id} cannot run here: "
+        "steps=0: expected a whole number >= 1"
+    ]
+    assert len(runs(store)) == 1  # nothing recorded for it
