@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from polyexp import backends, config, models, plots, tracking
+from polyexp import (
+    backends,
+    config,
+    determinism,
+    models,
+    plots,
+    provenance,
+    reference,
+    tracking,
+)
 from polyexp.data import make_problem
 from polyexp.loop import History, train
 
@@ -27,6 +36,8 @@ class Result:
     final_loss: float  # summed squared error of the final coefficients, in float64
     losses: np.ndarray  # the loss at every step, computed before that step's update
     train_seconds: float  # wall time of the training loop alone
+    optimal_loss: float  # the least-squares optimum of the same data (polyexp.reference)
+    gap_to_optimum: float  # final_loss / optimal_loss - 1
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,16 +61,28 @@ def run_name(s: config.Settings, overrides: Sequence[str]) -> str:
     return " ".join([choices, *values])
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
+def run(
+    cfg: DictConfig, overrides: Sequence[str] = (), tags: Mapping[str, str] | None = None
+) -> Result:
     """Checks `cfg`, trains, and records the run in MLflow; returns what it recorded.
 
-    Raises config.ConfigError (one line, naming the key) before anything is recorded."""
-    # Config -> parts: everything that can be refused is refused before a run exists.
+    `tags` are added to the run's own (e.g. `polyexp.rerun_of`). Raises config.ConfigError
+    (one line, naming the key) before anything is recorded."""
     s = config.check(cfg)
+    with determinism.settings(s):  # torch's deterministic mode on GPUs, for this run only
+        return _run(cfg, s, overrides, tags or {})
+
+
+def _run(
+    cfg: DictConfig, s: config.Settings, overrides: Sequence[str], extra: Mapping[str, str]
+) -> Result:
+    # Config -> parts: everything that can be refused is refused before a run exists.
     problem = make_problem(s)
     fit = backends.build(s, problem)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tags = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
+    optimum = reference.optimum(problem)  # the yardstick: closed-form fit of the same data
+    choices = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
+    tags = {**choices, **provenance.tags(fit.device), **extra}
 
     with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
         # Loop: losses computed so far are recorded even if training stops early.
@@ -78,8 +101,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
         y_pred = models.predict(theta, problem.x)
         final_loss = float(np.sum((y_pred - problem.y) ** 2))
         coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
-        print(f"Result: {models.formula(theta)}")
-        final = {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
+        gap = optimum.gap(final_loss)
+        print(f"Result: {models.formula(theta)}  (gap to optimum {gap:.4g})")
+        final = {
+            "final_loss": final_loss,
+            **coefficients,
+            "train_seconds": train_seconds,
+            **optimum.metrics(final_loss),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             plots_done = plots.draw_in_background(losses, problem.x, problem.y, y_pred, folder)
@@ -94,10 +123,12 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                 "steps": s.steps,
                 "device": fit.device,
                 "train_seconds": train_seconds,
+                "optimal_loss": optimum.loss,
+                "gap_to_optimum": gap,
             }
             (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
             np.savez(folder / "parameters.npz", **models.parameters(s.model, theta))  # type: ignore[arg-type]
             plots_done()
             record.log_artifacts(folder)
 
-    return Result(record.run_id, coefficients, final_loss, losses, train_seconds)
+    return Result(record.run_id, coefficients, final_loss, losses, train_seconds, optimum.loss, gap)

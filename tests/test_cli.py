@@ -34,7 +34,7 @@ def test_a_run_prints_like_the_seed_and_meets_the_record_contract(
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ["99", "199"]
-    assert lines[-1].startswith("Result: y = ") and lines[-1].endswith(" x^3")
+    assert lines[-1].startswith("Result: y = ") and " x^3  (gap to optimum " in lines[-1]
     (run,) = runs(store)
     assert run.info.status == "FINISHED"
     assert len(store.get_metric_history(run.info.run_id, "loss")) == 250

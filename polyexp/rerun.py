@@ -1,0 +1,161 @@
+"""`polyexp-rerun RUN_ID`: run a recorded run again from its MLflow record, and say whether the
+loss history came out bit for bit the same.
+
+The record alone is enough: the run's `config.yaml` artifact is the resolved composed config
+and `overrides.yaml` its command-line overrides. The rerun is a new run in the same store
+(`MLFLOW_TRACKING_URI`) and, unless `MLFLOW_EXPERIMENT_NAME` says otherwise, the same
+experiment, tagged `polyexp.rerun_of` = the source run's id. Exit status: 0 identical,
+1 different, 2 when the run cannot be rerun (unknown id, not a finished polyexp run, bad store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from polyexp import models, tracking
+from polyexp.config import ConfigError
+
+PROG = "polyexp-rerun"
+RERUN_OF = "polyexp.rerun_of"  # the tag that links a rerun to its source run
+
+
+class CannotRerun(Exception):
+    """Why a run cannot be rerun; one line for the user."""
+
+
+def loss_history(client: MlflowClient, run_id: str) -> np.ndarray:
+    """The recorded `loss` of every step, step 0 first, as float64."""
+    history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    return np.array([m.value for m in history], dtype=np.float64)
+
+
+def recorded_config(client: MlflowClient, run_id: str) -> tuple[DictConfig, list[str]]:
+    """The run's resolved config and its overrides, from its `config.yaml`/`overrides.yaml`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = []
+        for name in ("config.yaml", "overrides.yaml"):
+            try:
+                path = client.download_artifacts(run_id, name, tmp)
+                loaded.append(OmegaConf.load(path))
+            except (MlflowException, OSError) as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise CannotRerun(
+                    f"run {run_id} has no readable {name} artifact ({reason}); "
+                    "only a run recorded by polyexp can be rerun"
+                ) from None
+    cfg, overrides = loaded
+    if not isinstance(cfg, DictConfig):
+        raise CannotRerun(f"run {run_id}: config.yaml does not hold a config mapping")
+    return cfg, [str(o) for o in OmegaConf.to_container(overrides)]  # type: ignore[union-attr]
+
+
+def source_run(client: MlflowClient, run_id: str) -> Run:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise CannotRerun(
+            f"no run {run_id!r} in the store {tracking.tracking_uri()} (set MLFLOW_TRACKING_URI)"
+        ) from None
+    if run.info.status != "FINISHED":
+        raise CannotRerun(
+            f"run {run_id} ended {run.info.status}; only a FINISHED run has a whole history "
+            "to compare against"
+        )
+    return run
+
+
+def open_store() -> MlflowClient:
+    uri = tracking.tracking_uri()
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if db is not None and not Path(db).is_file():  # MLflow would quietly create an empty one
+        raise CannotRerun(f"no MLflow store at {db} (set MLFLOW_TRACKING_URI)")
+    return MlflowClient(uri)
+
+
+def first_difference(recorded: np.ndarray, rerun: np.ndarray) -> str:
+    if len(recorded) != len(rerun):
+        return f"{len(recorded)} recorded steps, {len(rerun)} rerun"
+    step = int(np.flatnonzero(recorded.view(np.uint64) != rerun.view(np.uint64))[0])
+    return f"first at step {step}: recorded {float(recorded[step])!r}, rerun {float(rerun[step])!r}"
+
+
+def environment_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The source run's provenance tags (versions, threads, device, commit) that differ now."""
+    keys = [k for k in sorted(before) if k.startswith(("versions.", "threads.", "git."))]
+    keys += [k for k in ("polyexp.version", "device_name") if k in before]
+    return [f"{k} {before[k]} -> {after.get(k, '-')}" for k in keys if before[k] != after.get(k)]
+
+
+def rerun(run_id: str) -> tuple[bool, str]:
+    """Reruns `run_id` as a new run; returns (bit-identical?, a one-line verdict)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files
+    client = open_store()
+    source = source_run(client, run_id)
+    cfg, overrides = recorded_config(client, run_id)
+    from polyexp.runner import run  # after the checks, so a bad id answers fast
+
+    if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        experiment = client.get_experiment(source.info.experiment_id)
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment.name  # the rerun lands beside it
+    try:
+        result = run(cfg, overrides, tags={RERUN_OF: run_id})
+    except ConfigError as error:
+        raise CannotRerun(f"run {run_id} cannot run here: {error}") from None
+
+    new = client.get_run(result.run_id)
+    recorded, again = loss_history(client, run_id), loss_history(client, result.run_id)
+    same_losses = len(recorded) == len(again) and recorded.tobytes() == again.tobytes()
+    before = np.array([source.data.metrics.get(k, np.nan) for k in models.COEFFICIENTS])
+    after = np.array([new.data.metrics[k] for k in models.COEFFICIENTS])
+    same_coefficients = before.tobytes() == after.tobytes()
+    changes = environment_changes(source.data.tags, new.data.tags)
+    note = f"; environment differs: {', '.join(changes)}" if changes else ""
+    if same_losses and same_coefficients:
+        verdict = (
+            f"{PROG}: identical: run {result.run_id} repeats run {run_id} bit for bit "
+            f"({len(again)} losses and the final coefficients){note}"
+        )
+    elif same_losses:
+        verdict = (
+            f"{PROG}: DIFFERENT: run {result.run_id} repeats run {run_id}'s {len(again)} "
+            f"losses but not its final coefficients{note}"
+        )
+    else:
+        verdict = (
+            f"{PROG}: DIFFERENT: run {result.run_id} departs from run {run_id}'s loss "
+            f"history ({first_difference(recorded, again)}){note}"
+        )
+    return same_losses and same_coefficients, verdict
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Rerun a recorded polyexp run from its MLflow record (MLFLOW_TRACKING_URI) "
+        "and report whether the loss history is bit-identical. Exit status: 0 identical, "
+        "1 different, 2 cannot rerun.",
+    )
+    parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id to rerun")
+    args = parser.parse_args(argv)
+    try:
+        identical, verdict = rerun(args.run_id)
+    except CannotRerun as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(verdict)
+    sys.exit(0 if identical else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Same config and seed, same numbers: bit for bit, run after run and process after process.
+
+(That every backend and model follows one trajectory in float64 is test_backends'
+test_every_backend_and_model_follows_one_trajectory_in_float64; that they start from the same
+coefficients is its test_normal_init_is_seeded_and_the_same_on_every_backend_and_model.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import polyexp
+from conftest import runs
+from polyexp import backends, config, determinism, runner
+from polyexp.data import make_problem
+from polyexp.loop import History, train
+from polyexp.rerun import loss_history
+
+CONFIG = ["model=sequential", "optimizer=rmsprop", "optimizer.lr=1e-3", "steps=300", "log_every=0"]
+
+
+def _train(s: config.Settings) -> tuple[np.ndarray, np.ndarray]:
+    with determinism.settings(s):
+        fit = backends.build(s, make_problem(s))
+        history = History(fit)
+        train(fit, s.steps, history, log_every=0)
+        return history.values(), fit.coefficients()
+
+
+def _settings(overrides: list[str]) -> config.Settings:
+    return config.check(polyexp.compose([*overrides, "steps=100"]))
+
+
+@pytest.mark.parametrize("backend", config.BACKENDS)
+def test_every_model_optimizer_and_dtype_repeats_bit_for_bit(backend: str) -> None:
+    base = _settings([f"backend={backend}", "optimizer=rmsprop"])  # composed once: Hydra is slow
+    for model, optimizer, dtype in itertools.product(
+        config.MODELS, config.OPTIMIZERS, config.DTYPES
+    ):
+        hyper = _settings([f"optimizer={optimizer}"]).hyper
+        s = replace(base, model=model, optimizer=optimizer, hyper=hyper, dtype=dtype)
+        (losses, coefficients), (again, coefficients_again) = _train(s), _train(s)
+        assert np.array_equal(losses, again), s
+        assert np.array_equal(coefficients, coefficients_again), s
+    other_seed, _ = _train(replace(s, seed=s.seed + 1))
+    assert not np.array_equal(losses, other_seed)  # equality above is not vacuous
+
+
+@pytest.mark.parametrize("backend", config.BACKENDS)
+def test_the_same_run_twice_in_one_process_records_the_same_numbers(
+    backend: str, store: MlflowClient
+) -> None:
+    first = polyexp.run([f"backend={backend}", *CONFIG])
+    second = polyexp.run([f"backend={backend}", *CONFIG])
+    assert first.run_id != second.run_id
+    assert np.array_equal(first.losses, second.losses)
+    assert first.coefficients == second.coefficients and first.final_loss == second.final_loss
+    assert np.array_equal(loss_history(store, first.run_id), loss_history(store, second.run_id))
+
+
+@pytest.mark.slow
+def test_another_process_repeats_this_process_bit_for_bit(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "polyexp", "-m", "backend=numpy,torch,autograd", *CONFIG],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    there = {run.data.tags["backend"]: run for run in runs(store)}
+    assert set(there) == set(config.BACKENDS)
+    for backend, run in there.items():
+        here = polyexp.run([f"backend={backend}", *CONFIG])
+        assert np.array_equal(loss_history(store, run.info.run_id), here.losses), backend
+        assert {k: run.data.metrics[k] for k in "abcd"} == here.coefficients, backend
+
+
+@pytest.mark.parametrize(("device", "deterministic"), [("cpu", False), ("auto", True)])
+def test_a_run_that_may_use_cuda_trains_in_deterministic_mode_and_restores_it_after(
+    device: str, deterministic: bool, store: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU deterministic mode changes no number (measured), so only cuda turns it on."""
+    seen: list[bool] = []
+
+    def spy(*args: object, **kwargs: object) -> None:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        train(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "train", spy)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # remembers what was there, for teardown
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    assert not torch.are_deterministic_algorithms_enabled()
+    polyexp.run(["backend=autograd", f"device={device}", "steps=5", "log_every=0"])
+    assert seen == [deterministic]
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is back
+    assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") == deterministic
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "autograd"])
+def test_cuda_repeats_bit_for_bit(backend: str) -> None:
+    for model in config.MODELS:
+        s = _settings([f"backend={backend}", f"model={model}", "device=cuda", "optimizer=rmsprop"])
+        (losses, coefficients), (again, coefficients_again) = _train(s), _train(s)
+        assert np.array_equal(losses, again) and np.array_equal(coefficients, coefficients_again)
+
+
+@pytest.mark.slow
+def test_hydras_own_rerun_from_an_outputs_folder_repeats_the_run(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    def polyexp_command(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "polyexp", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+
+    polyexp_command("backend=numpy", "steps=50", "log_every=0")
+    (pickle,) = (tmp_path / "outputs" / "runs").glob("*/*/.hydra/config.pickle")
+    polyexp_command("--experimental-rerun", str(pickle))
+    first, again = runs(store)
+    assert again.info.run_name == first.info.run_name == "polynomial3-sgd-numpy-cpu steps=50"
+    assert again.data.tags["command"].endswith(f"--experimental-rerun {pickle}")
+    assert np.array_equal(
+        loss_history(store, first.info.run_id), loss_history(store, again.info.run_id)
+    )
