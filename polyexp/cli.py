@@ -8,6 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from polyexp import sweep
 from polyexp.config import ConfigError
 
 
@@ -15,8 +16,12 @@ from polyexp.config import ConfigError
 def _main(cfg: DictConfig) -> float:
     from polyexp.runner import run  # after composition, so `--help` stays fast
 
+    overrides = list(HydraConfig.get().overrides.task)
+    parent = sweep.current_parent()
+    if parent is not None:  # a job of a multirun: a child run; a bad value fails this job only
+        return sweep.run_job(cfg, overrides, parent)
     try:
-        result = run(cfg, list(HydraConfig.get().overrides.task))
+        result = run(cfg, overrides)
     except ConfigError as error:
         sys.exit(f"polyexp: error: {error}")
     return result.final_loss  # what a sweeper (e.g. Optuna) minimises
@@ -27,4 +32,10 @@ def main() -> None:
         _main()
     except KeyboardInterrupt:
         # The run is already recorded as KILLED with every step computed so far.
+        sweep.close_open("KILLED")
         sys.exit("polyexp: interrupted")
+    except BaseException:
+        # Hydra re-raises a failed job at the end of a sweep (as SystemExit after printing it),
+        # so on_multirun_end never runs: the parent is closed here.
+        sweep.close_open("FAILED")
+        raise

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class Result:
     final_loss: float  # summed squared error of the final coefficients, in float64
     losses: np.ndarray  # the loss at every step, computed before that step's update
     train_seconds: float  # wall time of the training loop alone
+    diverged_step: int | None = None  # the first step whose loss was not finite; None: it wasn't
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,16 +52,22 @@ def run_name(s: config.Settings, overrides: Sequence[str]) -> str:
     return " ".join([choices, *values])
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
+def run(
+    cfg: DictConfig, overrides: Sequence[str] = (), tags: Mapping[str, str] | None = None
+) -> Result:
     """Checks `cfg`, trains, and records the run in MLflow; returns what it recorded.
 
-    Raises config.ConfigError (one line, naming the key) before anything is recorded."""
+    `tags` are added to the run's own (a sweep passes its parent run here). A run whose loss
+    stops being finite stops there and still ends FINISHED, tagged `diverged` and
+    `diverged_step`, with final_loss inf. Raises config.ConfigError (one line, naming the
+    key) before anything is recorded."""
     # Config -> parts: everything that can be refused is refused before a run exists.
     s = config.check(cfg)
     problem = make_problem(s)
     fit = backends.build(s, problem)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tags = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
+    choices = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
+    tags = {**choices, "config_hash": config.fingerprint(cfg), **(tags or {})}
 
     with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
         # Loop: losses computed so far are recorded even if training stops early.
@@ -69,13 +77,18 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
             train(fit, s.steps, history, s.log_every)
         finally:
             train_seconds = time.perf_counter() - start
-            losses = history.values()
+            losses = history.values()[: history.diverged_at]  # the finite losses
             record.log_losses(losses)
+        if history.diverged_at is not None:
+            record.set_tags({"diverged": "true", "diverged_step": str(history.diverged_at)})
+            print(f"polyexp: the loss stopped being finite at step {history.diverged_at}")
 
         # Record: final numbers, then the artifacts.
         theta = fit.coefficients()
         y_pred = models.predict(theta, problem.x)
         final_loss = float(np.sum((y_pred - problem.y) ** 2))
+        if history.diverged_at is not None or not math.isfinite(final_loss):
+            final_loss = math.inf  # diverged: ranks last, and a sweeper can still compare it
         coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
         print(f"Result: {models.formula(theta)}")
         record.log_metrics(
@@ -100,4 +113,6 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
             plots.fit_against_target(problem.x, problem.y, y_pred, folder / "fit.png")
             record.log_artifacts(folder)
 
-    return Result(record.run_id, coefficients, final_loss, losses, train_seconds)
+    return Result(
+        record.run_id, coefficients, final_loss, losses, train_seconds, history.diverged_at
+    )
