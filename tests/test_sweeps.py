@@ -4,8 +4,10 @@ Every test runs the real `polyexp -m ...` in a subprocess against a real SQLite 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from polyexp.data import make_problem
 from polyexp.loop import History, train
 
 FAST = ("backend=numpy", "steps=30", "log_every=0")
+FOREVER = ("steps=100000000", "log_every=0")
 
 
 def polyexp_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -249,3 +252,26 @@ def test_optuna_searches_past_diverging_trials(store: MlflowClient, tmp_path: Pa
     assert len(split(runs(store))[1]) == 8  # no new child runs
     results = next((tmp_path / "outputs" / "multirun").glob("*/*/optimization_results.yaml"))
     assert f"best_value: {best}" in results.read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_sweep_killed_parent_and_child_alike(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polyexp", "-m", "seed=0,1", "backend=numpy", *FOREVER],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(runs(store)) < 2 and time.monotonic() < deadline:  # the parent and job 0's run
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    (parent,), (child,) = split(runs(store))
+    assert parent.info.status == "KILLED"
+    assert child.info.status == "KILLED" and child.data.params["seed"] == "0"
