@@ -15,6 +15,7 @@ import atexit
 import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ class SweepCallback(Callback):
         client, experiment_id = tracking.open_store()
         overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
         folder = Path(str(config.hydra.sweep.dir)).resolve() / FOLDER
-        (folder / "jobs").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder / "jobs", ignore_errors=True)  # a reused sweep dir's old jobs
+        (folder / "jobs").mkdir(parents=True)
         run = client.create_run(
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
