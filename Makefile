@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: run test lint ui clean
+.PHONY: run test lint bench ui clean
 
 $(READY): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,12 @@ test: $(READY)  ## the whole suite (about two minutes on two cores)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(READY)
-	$(BIN)/ruff check polyexp tests
-	$(BIN)/ruff format --check polyexp tests
+	$(BIN)/ruff check polyexp tests benchmarks
+	$(BIN)/ruff format --check polyexp tests benchmarks
 	$(BIN)/mypy
+
+bench: $(READY)  ## polyexp against the seed programs; writes benchmarks/RESULTS.md (~5 min)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 ui: $(READY)  ## the MLflow UI on the default store: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from polyexp import sweep
 from polyexp.config import ConfigError
+
+# Lines of Hydra's and OmegaConf's messages that add detail, not meaning.
+_DETAIL = ("full_key:", "object_type=", "reference_type=", "See https://", "Config search path")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://polyexp.conf", config_name="config")
@@ -27,15 +33,34 @@ def _main(cfg: DictConfig) -> float:
     return result.final_loss  # what a sweeper (e.g. Optuna) minimises
 
 
+def one_line(error: Exception) -> str:
+    """A composition error from Hydra or OmegaConf as one line naming the key and the choices."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"{group}={option} is not an option; choose from {', '.join(error.options)}"
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse the override {error.override!r}: {error.message.splitlines()[0]}"
+    lines = [line.strip() for line in str(error).splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(_DETAIL))
+
+
 def main() -> None:
+    # Hydra prints composition errors over several lines; unless the user asked for Hydra's
+    # full errors, let them through and print them in one line instead.
+    condense = "HYDRA_FULL_ERROR" not in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         _main()
     except KeyboardInterrupt:
         # The run is already recorded as KILLED with every step computed so far.
         sweep.close_open("KILLED")
         sys.exit("polyexp: interrupted")
-    except BaseException:
-        # Hydra re-raises a failed job at the end of a sweep (as SystemExit after printing it),
-        # so on_multirun_end never runs: the parent is closed here.
+    except BaseException as error:
+        # Hydra re-raises a failed job at the end of a sweep, so on_multirun_end never runs:
+        # the sweep's parent run is closed here.
         sweep.close_open("FAILED")
+        if condense and isinstance(error, HydraException | OmegaConfBaseException):
+            sys.exit(f"polyexp: error: {one_line(error)}")
+        if condense and isinstance(error, ConfigError):  # a job of a sweep refused its config
+            sys.exit(f"polyexp: error: {error}")
         raise

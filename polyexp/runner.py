@@ -75,10 +75,11 @@ def run(
         start = time.perf_counter()
         try:
             train(fit, s.steps, history, s.log_every)
-        finally:
-            train_seconds = time.perf_counter() - start
-            losses = history.values()[: history.diverged_at]  # the finite losses
-            record.log_losses(losses)
+        except BaseException:
+            record.log_metrics(history.values()[: history.diverged_at], {})
+            raise
+        train_seconds = time.perf_counter() - start
+        losses = history.values()[: history.diverged_at]  # the finite losses
         if history.diverged_at is not None:
             record.set_tags({"diverged": "true", "diverged_step": str(history.diverged_at)})
             print(f"polyexp: the loss stopped being finite at step {history.diverged_at}")
@@ -91,11 +92,11 @@ def run(
             final_loss = math.inf  # diverged: ranks last, and a sweeper can still compare it
         coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
         print(f"Result: {models.formula(theta)}")
-        record.log_metrics(
-            {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
-        )
+        final = {"final_loss": final_loss, **coefficients, "train_seconds": train_seconds}
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
+            plots_done = plots.draw_in_background(losses, problem.x, problem.y, y_pred, folder)
+            record.log_metrics(losses, final)
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             (folder / "overrides.yaml").write_text(
                 OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
@@ -109,8 +110,7 @@ def run(
             }
             (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
             np.savez(folder / "parameters.npz", **models.parameters(s.model, theta))  # type: ignore[arg-type]
-            plots.loss_curve(losses, folder / "loss.png")
-            plots.fit_against_target(problem.x, problem.y, y_pred, folder / "fit.png")
+            plots_done()
             record.log_artifacts(folder)
 
     return Result(

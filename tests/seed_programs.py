@@ -32,47 +32,52 @@ def programs() -> dict[str, str]:
     return dict(zip(NAMES, blocks, strict=True))
 
 
-def _prepare(source: str, steps: int) -> str:
+def source(name: str, initial: list[float], steps: int, keep_losses: bool = True) -> str:
+    """Seed program `name` as runnable code starting from `initial`. With keep_losses it appends
+    every step's loss to LOSSES; without, it runs as written (printing every 100 steps)."""
     letters = "abcd"
-    source = source.replace("a.itme()", "a.item()").replace("range(2000)", f"range({steps})")
+    code = programs()[name]
+    code = f"INIT = {[float(v) for v in initial]!r}\n" + code
+    code = code.replace("a.itme()", "a.item()").replace("range(2000)", f"range({steps})")
     # numpy: a = np.random.randn()
-    source = re.sub(
+    code = re.sub(
         r"^(\w) = np\.random\.randn\(\)",
         lambda m: f"{m[1]} = INIT[{letters.index(m[1])}]",
-        source,
+        code,
         flags=re.M,
     )
     # torch tensors: a = torch.randn((), device=..., dtype=..., requires_grad=...)
-    source = re.sub(
+    code = re.sub(
         r"^(\w) = torch\.randn\(\(\),",
         lambda m: f"{m[1]} = torch.tensor(INIT[{letters.index(m[1])}],",
-        source,
+        code,
         flags=re.M,
     )
     # Polynomial3: self.a = torch.nn.Parameter(torch.randn(()))
-    source = re.sub(
+    code = re.sub(
         r"self\.(\w) = torch\.nn\.Parameter\(torch\.randn\(\(\)\)\)",
         lambda m: f"self.{m[1]} = torch.nn.Parameter(torch.tensor(INIT[{letters.index(m[1])}]))",
-        source,
+        code,
     )
     # Sequential: set bias = a, weight = [b, c, d] right after the model is built.
-    source = (
-        re.sub(r"^(loss_fn = )", _SET_SEQUENTIAL + r"\1", source, count=1, flags=re.M)
-        if "torch.nn.Sequential" in source
-        else source
+    code = (
+        re.sub(r"^(loss_fn = )", _SET_SEQUENTIAL + r"\1", code, count=1, flags=re.M)
+        if "torch.nn.Sequential" in code
+        else code
     )
+    if not keep_losses:
+        return code
     # Keep every step's loss; print nothing.
-    source = re.sub(
-        r"^(\s*)if t % 100 == 99:", r"\1LOSSES.append(float(loss))\n\1if False:", source, flags=re.M
+    code = re.sub(
+        r"^(\s*)if t % 100 == 99:", r"\1LOSSES.append(float(loss))\n\1if False:", code, flags=re.M
     )
-    return source.replace("print(", "(lambda *a, **k: None)(")
+    return "LOSSES = []\n" + code.replace("print(", "(lambda *a, **k: None)(")
 
 
 def run(name: str, initial: list[float], steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Seed program `name` from `initial` = [a, b, c, d]: (loss at every step, final a, b, c, d)."""
-    source = _prepare(programs()[name], steps)
-    namespace: dict = {"INIT": [float(v) for v in initial], "LOSSES": []}
-    exec(compile(source, f"<{name}>", "exec"), namespace)
+    namespace: dict = {}
+    exec(compile(source(name, initial, steps), f"<{name}>", "exec"), namespace)
     if "model" in namespace and hasattr(namespace["model"], "string"):  # seed_module
         m = namespace["model"]
         final = [m.a.item(), m.b.item(), m.c.item(), m.d.item()]

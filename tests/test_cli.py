@@ -95,6 +95,19 @@ def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_pa
             "polyexp: error: device='cuda' cannot run backend=numpy",
         ),
         (["init=fixed", "init.coefficients=[1,2]"], "polyexp: error: init.coefficients=[1, 2]"),
+        (
+            ["model=mlp"],
+            "polyexp: error: model=mlp is not an option; choose from polynomial3, sequential",
+        ),
+        (
+            ["optimizer=adam"],
+            "polyexp: error: optimizer=adam is not an option; choose from manual_sgd",
+        ),
+        (
+            ["stepz=5"],
+            "polyexp: error: Could not override 'stepz'. To append to your config use +stepz=5",
+        ),
+        (["steps=[1"], "polyexp: error: cannot parse the override 'steps=[1'"),
     ],
 )
 def test_bad_input_is_one_line_and_records_nothing(
@@ -117,12 +130,15 @@ def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not runs(store) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # let it train a while
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not runs(store) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # let it train a while
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never leave it running if the test fails
     assert process.returncode != 0
     assert "Traceback" not in stderr
     (run,) = runs(store)

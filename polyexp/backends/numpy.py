@@ -18,8 +18,8 @@ class NumpyFit:
     def __init__(self, settings: Settings, problem: Problem) -> None:
         dtype = np.dtype(settings.dtype)
         x = problem.x.astype(dtype)
-        # Features (1, x, x^2, x^3) once, so each step is two mat-vecs instead of six power maps.
-        self.features = np.stack([np.ones_like(x), x, x**2, x**3], axis=1)
+        # Features (1, x, x^2, x^3) once, as rows (4, n): a step is two mat-vecs on contiguous rows.
+        self.features = np.stack([np.ones_like(x), x, x**2, x**3])
         self.y = problem.y.astype(dtype)
         self.theta = problem.initial.astype(dtype)  # (a, b, c, d)
         self.optimizer = optimizers.build(settings.optimizer, settings.hyper, np)
@@ -28,11 +28,11 @@ class NumpyFit:
 
     def step(self) -> Any:
         # Forward pass: y_pred = a + b x + c x^2 + d x^3.
-        y_pred = self.features @ self.theta
+        y_pred = self.theta @ self.features
         residual = y_pred - self.y
         loss = residual @ residual  # summed squared error
-        # Backward pass: d loss / d theta = 2 * features^T (y_pred - y).
-        grad = 2.0 * (residual @ self.features)
+        # Backward pass: d loss / d theta = 2 * features (y_pred - y).
+        grad = 2.0 * (self.features @ residual)
         self.theta, self.state = self.optimizer.update(self.theta, grad, self.state)
         return loss
 

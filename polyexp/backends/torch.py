@@ -33,8 +33,8 @@ class TorchFit:
     def __init__(self, settings: Settings, problem: Problem) -> None:
         dtype, device = getattr(torch, settings.dtype), resolve_device(settings.device)
         x = torch.as_tensor(problem.x, device=device).to(dtype)
-        # Features (1, x, x^2, x^3) once, so each step is two mat-vecs instead of six power maps.
-        self.features = torch.stack([torch.ones_like(x), x, x**2, x**3], dim=1)
+        # Features (1, x, x^2, x^3) once, as rows (4, n): a step is two mat-vecs on contiguous rows.
+        self.features = torch.stack([torch.ones_like(x), x, x**2, x**3])
         self.y = torch.as_tensor(problem.y, device=device).to(dtype)
         self.theta = torch.as_tensor(problem.initial, device=device).to(dtype)  # (a, b, c, d)
         self.optimizer = optimizers.build(settings.optimizer, settings.hyper, torch)
@@ -43,11 +43,11 @@ class TorchFit:
 
     def step(self) -> Any:
         # Forward pass: y_pred = a + b x + c x^2 + d x^3.
-        y_pred = self.features @ self.theta
+        y_pred = self.theta @ self.features
         residual = y_pred - self.y
         loss = residual @ residual  # summed squared error
-        # Backward pass: d loss / d theta = 2 * features^T (y_pred - y).
-        grad = 2.0 * (residual @ self.features)
+        # Backward pass: d loss / d theta = 2 * features (y_pred - y).
+        grad = 2.0 * (self.features @ residual)
         self.theta, self.state = self.optimizer.update(self.theta, grad, self.state)
         return loss
 
