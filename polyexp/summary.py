@@ -87,6 +87,9 @@ def plot(curves: Sequence[tuple[str, np.ndarray]], path: Path) -> None:
     for name, losses in curves:
         ax.plot(np.arange(len(losses)), losses, lw=1.2, label=name)
     ax.set_yscale("log")
+    starts = [c[0] for _, c in curves if len(c) and np.isfinite(c[0])]
+    if starts:  # a diverging curve runs off the top instead of squashing the others
+        ax.set_ylim(top=10 * max(starts))
     ax.set(xlabel="step", ylabel="loss (sum of squared errors)", title="Loss of every job")
     ax.grid(True, which="both", alpha=0.3)
     if 0 < len(curves) <= 20:
@@ -105,7 +108,8 @@ def record(client: MlflowClient, run_id: str, ranked: Sequence[Job], text: str) 
         losses = np.array([m.value for m in sorted(history, key=lambda m: m.step)])
         losses[~(losses > 0)] = np.nan  # a log axis cannot show them
         if len(losses):
-            curves.append((label(job, keys), losses))
+            name = label(job, keys) + (" (diverged)" if job.status == "DIVERGED" else "")
+            curves.append((name, losses))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "summary.md").write_text(text + "\n")
