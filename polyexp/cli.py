@@ -11,6 +11,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from polyexp import sweep
 from polyexp.config import ConfigError
 
 # Lines of Hydra's and OmegaConf's messages that add detail, not meaning.
@@ -21,8 +22,12 @@ _DETAIL = ("full_key:", "object_type=", "reference_type=", "See https://", "Conf
 def _main(cfg: DictConfig) -> float:
     from polyexp.runner import run  # after composition, so `--help` stays fast
 
+    overrides = list(HydraConfig.get().overrides.task)
+    parent = sweep.current_parent()
+    if parent is not None:  # a job of a multirun: a child run; a bad value fails this job only
+        return sweep.run_job(cfg, overrides, parent)
     try:
-        result = run(cfg, list(HydraConfig.get().overrides.task))
+        result = run(cfg, overrides)
     except ConfigError as error:
         sys.exit(f"polyexp: error: {error}")
     return result.final_loss  # what a sweeper (e.g. Optuna) minimises
@@ -48,8 +53,14 @@ def main() -> None:
         _main()
     except KeyboardInterrupt:
         # The run is already recorded as KILLED with every step computed so far.
+        sweep.close_open("KILLED")
         sys.exit("polyexp: interrupted")
-    except (HydraException, OmegaConfBaseException) as error:
-        if not condense:
-            raise
-        sys.exit(f"polyexp: error: {one_line(error)}")
+    except BaseException as error:
+        # Hydra re-raises a failed job at the end of a sweep, so on_multirun_end never runs:
+        # the sweep's parent run is closed here.
+        sweep.close_open("FAILED")
+        if condense and isinstance(error, HydraException | OmegaConfBaseException):
+            sys.exit(f"polyexp: error: {one_line(error)}")
+        if condense and isinstance(error, ConfigError):  # a job of a sweep refused its config
+            sys.exit(f"polyexp: error: {error}")
+        raise

@@ -6,6 +6,8 @@ allowed, so the command line can print it without a traceback.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +134,19 @@ def _coefficients(cfg: DictConfig) -> tuple[float, ...]:
     return tuple(_number(v, f"init.coefficients[{i}]") for i, v in enumerate(value))
 
 
+# Keys that change what is printed or whether a job is skipped, never what a run computes.
+VOLATILE_KEYS = ("log_every", "resume")
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A hash of the resolved config minus VOLATILE_KEYS: equal hashes, identical runs."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    kept = {k: v for k, v in resolved.items() if k not in VOLATILE_KEYS and k != "hydra"}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def check(cfg: DictConfig) -> Settings:
     """Validates every value a run uses; raises ConfigError (one line) on the first bad one."""
     optimizer = _choice(cfg, "optimizer.name", OPTIMIZERS)
@@ -142,6 +157,9 @@ def check(cfg: DictConfig) -> Settings:
     high = _number(OmegaConf.select(cfg, "data.high"), "data.high")
     if high <= low:
         raise ConfigError(f"data.high={high!r} must be greater than data.low={low!r}")
+    resume = OmegaConf.select(cfg, "resume", default=True)
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={resume!r}: expected true or false")
     if backend == "numpy" and device not in ("cpu", "auto"):
         raise ConfigError(
             f"device={device!r} cannot run backend=numpy (CPU only); choose from cpu, auto"

@@ -19,6 +19,7 @@ class History:
         self._fit = fit
         self._pending: list[Any] = []
         self._chunks: list[np.ndarray] = []
+        self.diverged_at: int | None = None  # the first step whose loss is not finite
 
     def append(self, loss: Any) -> None:
         self._pending.append(loss)
@@ -26,7 +27,11 @@ class History:
     def flush(self) -> np.ndarray:
         """Fetches the pending losses to the host and returns them."""
         if self._pending:
-            self._chunks.append(self._fit.fetch(self._pending))
+            chunk = self._fit.fetch(self._pending)
+            finite = np.isfinite(chunk)  # checked here, on the host, never with a sync a step
+            if self.diverged_at is None and not finite.all():
+                self.diverged_at = sum(map(len, self._chunks)) + int(np.argmin(finite))
+            self._chunks.append(chunk)
             self._pending = []
         return self._chunks[-1] if self._chunks else np.empty(0)
 
@@ -38,12 +43,15 @@ class History:
 
 def train(fit: Fit, steps: int, history: History, log_every: int, chunk: int = 1000) -> None:
     """Runs `steps` updates, appending each step's loss (computed before its update) to
-    `history`; prints `step loss` every `log_every` steps as the seed does (0: never)."""
+    `history`; prints `step loss` every `log_every` steps as the seed does (0: never).
+    Stops early when the loss stops being finite (seen when a chunk comes to the host)."""
     every = log_every or chunk
     bar = tqdm(range(steps), leave=False, disable=not sys.stderr.isatty(), unit="step")
     for t in bar:
         history.append(fit.step())
         if (t + 1) % every == 0:
             loss = history.flush()[-1]
+            if history.diverged_at is not None:
+                break  # a diverged run is an outcome: the runner records where it happened
             if log_every:
                 bar.write(f"{t} {loss}")

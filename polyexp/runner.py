@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ class Result:
     train_seconds: float  # wall time of the training loop alone
     optimal_loss: float  # the least-squares optimum of the same data (polyexp.reference)
     gap_to_optimum: float  # final_loss / optimal_loss - 1
+    diverged_step: int | None = None  # the first step whose loss was not finite; None: it wasn't
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -66,8 +68,10 @@ def run(
 ) -> Result:
     """Checks `cfg`, trains, and records the run in MLflow; returns what it recorded.
 
-    `tags` are added to the run's own (e.g. `polyexp.rerun_of`). Raises config.ConfigError
-    (one line, naming the key) before anything is recorded."""
+    `tags` are added to the run's own (a sweep's parent, `polyexp.rerun_of`, ...). A run whose
+    loss stops being finite stops there and still ends FINISHED, tagged `diverged` and
+    `diverged_step`, with final_loss inf. Raises config.ConfigError (one line, naming the
+    key) before anything is recorded."""
     s = config.check(cfg)
     with determinism.settings(s):  # torch's deterministic mode on GPUs, for this run only
         return _run(cfg, s, overrides, tags or {})
@@ -82,7 +86,12 @@ def _run(
     resolved = OmegaConf.to_container(cfg, resolve=True)
     optimum = reference.optimum(problem)  # the yardstick: closed-form fit of the same data
     choices = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
-    tags = {**choices, **provenance.tags(fit.device), **extra}
+    tags = {
+        **choices,
+        "config_hash": config.fingerprint(cfg),
+        **provenance.tags(fit.device),
+        **extra,
+    }
 
     with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
         # Loop: losses computed so far are recorded even if training stops early.
@@ -91,15 +100,20 @@ def _run(
         try:
             train(fit, s.steps, history, s.log_every)
         except BaseException:
-            record.log_metrics(history.values(), {})
+            record.log_metrics(history.values()[: history.diverged_at], {})
             raise
         train_seconds = time.perf_counter() - start
-        losses = history.values()
+        losses = history.values()[: history.diverged_at]  # the finite losses
+        if history.diverged_at is not None:
+            record.set_tags({"diverged": "true", "diverged_step": str(history.diverged_at)})
+            print(f"polyexp: the loss stopped being finite at step {history.diverged_at}")
 
         # Record: final numbers, then the artifacts.
         theta = fit.coefficients()
         y_pred = models.predict(theta, problem.x)
         final_loss = float(np.sum((y_pred - problem.y) ** 2))
+        if history.diverged_at is not None or not math.isfinite(final_loss):
+            final_loss = math.inf  # diverged: ranks last, and a sweeper can still compare it
         coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
         gap = optimum.gap(final_loss)
         print(f"Result: {models.formula(theta)}  (gap to optimum {gap:.4g})")
@@ -131,4 +145,13 @@ def _run(
             plots_done()
             record.log_artifacts(folder)
 
-    return Result(record.run_id, coefficients, final_loss, losses, train_seconds, optimum.loss, gap)
+    return Result(
+        record.run_id,
+        coefficients,
+        final_loss,
+        losses,
+        train_seconds,
+        optimum.loss,
+        gap,
+        history.diverged_at,
+    )

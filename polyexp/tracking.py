@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -73,8 +73,21 @@ class RecordedRun:
         metrics += [Metric(k, float(v), now, 0) for k, v in final.items()]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def log_artifacts(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder))
+
+
+def open_store() -> tuple[MlflowClient, str]:
+    """A client on the store and the experiment's id, creating both when they do not exist yet."""
+    uri = tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    return client, _experiment_id(client, experiment_name(), uri)
 
 
 @contextmanager
@@ -82,12 +95,7 @@ def start_run(
     run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> Iterator[RecordedRun]:
     """Opens a run and always closes it: FINISHED, FAILED (error in the tag `error`) or KILLED."""
-    uri = tracking_uri()
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, experiment_name(), uri)
+    client, experiment_id = open_store()
     run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags)))
     run_id = run.info.run_id
     status = RunStatus.to_string(RunStatus.FAILED)

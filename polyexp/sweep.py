@@ -1,0 +1,225 @@
+"""Sweeps: one MLflow parent run per multirun, every job its child, a summary at the end.
+
+Hydra calls `SweepCallback` in the process that launches the sweep. Jobs may run elsewhere
+(joblib workers, submitit processes, Slurm nodes), so the parent is handed to them in a small
+file in the sweep folder, `<sweep dir>/.polyexp/parent.json`, which every job finds through its
+HydraConfig; each job writes `jobs/<num>.json` beside it when it ends. The parent is closed by
+`finish`: from `on_multirun_end` when the sweep succeeds, from the `polyexp` command's own
+exception path when Hydra re-raises a failed job (then `on_multirun_end` never runs), and at
+exit as a last resort: never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from polyexp import config
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+FOLDER = ".polyexp"  # inside the sweep dir: parent.json, jobs/<num>.json
+
+# Job outcomes, as the job files and the summary spell them.
+FINISHED, DIVERGED, SKIPPED, FAILED = "FINISHED", "DIVERGED", "SKIPPED", "FAILED"
+
+
+@dataclass(frozen=True)
+class Parent:
+    """What a job needs to find its parent run (written by the launching process)."""
+
+    uri: str  # the tracking store
+    experiment_id: str
+    run_id: str
+    folder: str  # the sweep dir's .polyexp folder
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job's outcome, written by the job wherever it ran."""
+
+    num: int
+    overrides: list[str]
+    status: str  # FINISHED | DIVERGED | SKIPPED | FAILED
+    run_id: str | None = None  # the run it made, or for SKIPPED the earlier run it matched
+    final_loss: float | None = None
+    error: str | None = None
+
+
+_open: dict[str, Parent] = {}  # parents this process opened and has not closed yet
+
+
+class SweepCallback(Callback):
+    """Registered under hydra.callbacks in conf/config.yaml."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking.context.registry import resolve_tags
+
+        from polyexp import tracking
+
+        # Creating the store and the experiment here, before any job starts, keeps parallel jobs
+        # out of MLflow's schema migration and experiment creation, which race on a fresh store.
+        client, experiment_id = tracking.open_store()
+        overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        folder = Path(str(config.hydra.sweep.dir)).resolve() / FOLDER
+        shutil.rmtree(folder / "jobs", ignore_errors=True)  # a reused sweep dir's old jobs
+        (folder / "jobs").mkdir(parents=True)
+        run = client.create_run(
+            experiment_id,
+            run_name=f"sweep {overrides}"[:250],
+            tags=resolve_tags(
+                {"sweep": "parent", "sweep.dir": str(folder.parent), "sweep.pid": str(os.getpid())}
+            ),
+        )
+        client.log_batch(run.info.run_id, params=[Param("sweep.overrides", overrides[:6000])])
+        parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
+        (folder / "parent.json").write_text(json.dumps(asdict(parent), indent=2) + "\n")
+        if not _open:
+            atexit.register(close_open, FAILED)
+        _open[parent.run_id] = parent
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        close_open(None)
+
+
+def close_open(error: str | None) -> None:
+    """Closes every parent this process still holds open. `error`: None when the sweep
+    returned normally, else the status it ended with (FAILED or KILLED)."""
+    for run_id in list(_open):
+        finish(_open.pop(run_id), error)
+
+
+# --- in the job -------------------------------------------------------------------------------
+
+
+def current_parent() -> Parent | None:
+    """The parent of the job running in this process; None outside a multirun (or when the
+    sweep callback is not registered)."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(str(hydra.sweep.dir)).resolve() / FOLDER / "parent.json"
+    return Parent(**json.loads(path.read_text())) if path.exists() else None
+
+
+def finished_twin(client: MlflowClient, experiment_id: str, fingerprint: str) -> Any | None:
+    """The newest FINISHED run of the experiment with this config fingerprint, if any."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{fingerprint}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def run_job(cfg: DictConfig, overrides: list[str], parent: Parent) -> float:
+    """Runs one job of a sweep as a child of `parent`, or skips it when `resume` is on and an
+    identical config already FINISHED in the experiment; returns its final loss either way."""
+    from mlflow.tracking import MlflowClient
+
+    from polyexp import runner
+
+    num = int(HydraConfig.get().job.num)
+    if cfg.get("resume", True):
+        twin = finished_twin(
+            MlflowClient(parent.uri), parent.experiment_id, config.fingerprint(cfg)
+        )
+        if twin is not None:
+            final_loss = float(twin.data.metrics.get("final_loss", math.inf))
+            if not final_loss < sys.float_info.max:  # SQLite keeps inf as the largest float
+                final_loss = math.inf
+            print(
+                f"polyexp: job {num} skipped: the same config already FINISHED as run "
+                f"{twin.info.run_id} ({twin.info.run_name}), final_loss {final_loss:.6g} "
+                "(resume=false reruns it)"
+            )
+            _write(parent, Job(num, overrides, SKIPPED, twin.info.run_id, final_loss))
+            return final_loss
+    try:
+        tags = {PARENT_TAG: parent.run_id, "sweep.job": str(num), "sweep.pid": str(os.getpid())}
+        result = runner.run(cfg, overrides, tags)
+    except BaseException as error:
+        _write(parent, Job(num, overrides, FAILED, error=f"{type(error).__name__}: {error}"))
+        raise
+    status = FINISHED if result.diverged_step is None else DIVERGED
+    _write(parent, Job(num, overrides, status, result.run_id, result.final_loss))
+    return result.final_loss
+
+
+def _write(parent: Parent, job: Job) -> None:
+    path = Path(parent.folder) / "jobs" / f"{job.num}.json"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(job)) + "\n")
+    tmp.replace(path)  # atomic: the launching process never reads half a file
+
+
+# --- closing the parent, in the launching process ---------------------------------------------
+
+
+def jobs_of(parent: Parent) -> list[Job]:
+    files = sorted((Path(parent.folder) / "jobs").glob("*.json"), key=lambda p: int(p.stem))
+    return [Job(**json.loads(p.read_text())) for p in files]
+
+
+def finish(parent: Parent, error: str | None) -> None:
+    """Prints and records the sweep summary, then ends the parent: FINISHED when every job
+    finished (diverged and skipped jobs count as finished), FAILED when any failed or the sweep
+    raised, KILLED when interrupted."""
+    from mlflow.entities import Metric, RunStatus
+    from mlflow.tracking import MlflowClient
+
+    from polyexp import summary
+
+    client = MlflowClient(parent.uri)
+    status = error or FINISHED
+    try:
+        jobs = jobs_of(parent)
+        children = client.search_runs(
+            [parent.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'"
+        )
+        for child in children:
+            if child.info.status == "RUNNING" and error != "KILLED":
+                # Its job ended without closing it (a worker killed from outside).
+                client.set_tag(child.info.run_id, "error", "the job ended without closing its run")
+                client.set_terminated(child.info.run_id, "FAILED")
+        if any(j.status == FAILED for j in jobs) or any(
+            c.info.status != "FINISHED" for c in children
+        ):
+            status = error or FAILED
+        counts = {s: sum(j.status == s for j in jobs) for s in (FAILED, DIVERGED, SKIPPED)}
+        metrics: dict[str, float] = {"jobs": len(jobs)}
+        metrics.update({f"jobs_{k.lower()}": v for k, v in counts.items()})
+        ranked = summary.rank(jobs)
+        if ranked and ranked[0].final_loss is not None:
+            metrics["best_final_loss"] = ranked[0].final_loss
+        now = summary.now_ms()
+        client.log_batch(
+            parent.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        )
+        if jobs:
+            table = summary.table(ranked)
+            print(f"\nSweep summary ({len(jobs)} jobs, parent run {parent.run_id}):\n{table}")
+            summary.record(client, parent.run_id, ranked, table)
+    except Exception as problem:  # a broken summary must never keep the parent RUNNING
+        print(f"polyexp: the sweep summary failed: {problem}", file=sys.stderr)
+        client.set_tag(parent.run_id, "error", f"summary: {type(problem).__name__}: {problem}")
+    finally:
+        client.set_terminated(parent.run_id, RunStatus.to_string(RunStatus.from_string(status)))
