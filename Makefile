@@ -23,7 +23,7 @@ lint: $(READY)
 	$(BIN)/ruff format --check polyexp tests benchmarks
 	$(BIN)/mypy
 
-bench: $(READY)  ## polyexp against the seed programs; writes benchmarks/RESULTS.md (~5 min)
+bench: $(READY)  ## polyexp against the seed programs; writes benchmarks/RESULTS.md (~10 min)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 ui: $(READY)  ## the MLflow UI on the default store: http://127.0.0.1:5000
