@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,3 +40,14 @@ def runs(client: MlflowClient) -> list:
         return []
     found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     return list(found)
+
+
+def polyexp_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m polyexp ARGS` in a real process (the test store comes through the env)."""
+    return subprocess.run(
+        [sys.executable, "-m", "polyexp", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

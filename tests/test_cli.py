@@ -12,25 +12,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED, runs
+from conftest import SHARED, polyexp_cli, runs
 
 pytestmark = pytest.mark.slow
-
-
-def polyexp(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "polyexp", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_a_run_prints_like_the_seed_and_meets_the_record_contract(
     store: MlflowClient, tmp_path: Path
 ) -> None:
-    done = polyexp("backend=numpy", "steps=250", cwd=tmp_path)
+    done = polyexp_cli("backend=numpy", "steps=250", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ["99", "199"]
@@ -69,7 +59,7 @@ def test_the_console_script_runs_a_preset(store: MlflowClient, tmp_path: Path) -
 
 
 def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_path: Path) -> None:
-    done = polyexp(
+    done = polyexp_cli(
         "-m",
         "optimizer=manual_sgd,sgd,rmsprop",
         "backend=numpy,torch,autograd",
@@ -113,7 +103,7 @@ def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_pa
 def test_bad_input_is_one_line_and_records_nothing(
     args: list[str], message: str, store: MlflowClient, tmp_path: Path
 ) -> None:
-    done = polyexp(*args, cwd=tmp_path)
+    done = polyexp_cli(*args, cwd=tmp_path)
     assert done.returncode != 0
     assert done.stderr.strip().startswith(message)
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -147,7 +137,7 @@ def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
 
 
 def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
-    done = polyexp("--help", cwd=tmp_path)
+    done = polyexp_cli("--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("polyexp: fit y = sin(x)")
     assert "optimizer: manual_sgd, rmsprop, sgd" in done.stdout

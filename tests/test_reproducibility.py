@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import runs
+from conftest import polyexp_cli, runs
 from polyexp import backends, config, determinism, runner
 from polyexp.data import make_problem
 from polyexp.loop import History, train
@@ -72,13 +70,7 @@ def test_the_same_run_twice_in_one_process_records_the_same_numbers(
 def test_another_process_repeats_this_process_bit_for_bit(
     store: MlflowClient, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "polyexp", "-m", "backend=numpy,torch,autograd", *CONFIG],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = polyexp_cli("-m", "backend=numpy,torch,autograd", *CONFIG, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     there = {r.data.tags["backend"]: r for r in runs(store) if "backend" in r.data.tags}  # children
     assert set(there) == set(config.BACKENDS)
@@ -124,13 +116,7 @@ def test_hydras_own_rerun_from_an_outputs_folder_repeats_the_run(
     store: MlflowClient, tmp_path: Path
 ) -> None:
     def polyexp_command(*args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "polyexp", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = polyexp_cli(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
 
     polyexp_command("backend=numpy", "steps=50", "log_every=0")

@@ -15,23 +15,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import runs
+from conftest import polyexp_cli, runs
 from polyexp import backends, config, sweep
 from polyexp.data import make_problem
 from polyexp.loop import History, train
 
 FAST = ("backend=numpy", "steps=30", "log_every=0")
 FOREVER = ("steps=100000000", "log_every=0")
-
-
-def polyexp_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "polyexp", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def split(found: list) -> tuple[list, list]:

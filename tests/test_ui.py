@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import runs
+from conftest import polyexp_cli, runs
 from polyexp import sweep
 
 pytestmark = [
@@ -93,13 +93,7 @@ def server(store_uri: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def swept(store: MlflowClient, tmp_path: Path) -> tuple[str, object, list]:
     """A real two-job sweep in the store: (experiment id, parent run, child runs)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "polyexp", "-m", "optimizer=sgd,rmsprop", *SWEEP],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = polyexp_cli("-m", "optimizer=sgd,rmsprop", *SWEEP, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     found = runs(store)
     (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
