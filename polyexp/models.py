@@ -21,6 +21,11 @@ def parameters(model: str, coefficients: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.asarray(value) for name, value in zip(COEFFICIENTS, theta, strict=True)}
 
 
+def features(x: np.ndarray) -> np.ndarray:
+    """The cubic's features (1, x, x^2, x^3) as rows, shape (4, n): y = coefficients @ features."""
+    return np.stack([np.ones_like(x), x, x**2, x**3])
+
+
 def predict(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
     a, b, c, d = (float(v) for v in coefficients)
     return a + b * x + c * x**2 + d * x**3

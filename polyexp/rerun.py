@@ -34,12 +34,6 @@ class CannotRerun(Exception):
     """Why a run cannot be rerun; one line for the user."""
 
 
-def loss_history(client: MlflowClient, run_id: str) -> np.ndarray:
-    """The recorded `loss` of every step, step 0 first, as float64."""
-    history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
-    return np.array([m.value for m in history], dtype=np.float64)
-
-
 def recorded_config(client: MlflowClient, run_id: str) -> tuple[DictConfig, list[str]]:
     """The run's resolved config and its overrides, from its `config.yaml`/`overrides.yaml`."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +108,8 @@ def rerun(run_id: str) -> tuple[bool, str]:
         raise CannotRerun(f"run {run_id} cannot run here: {error}") from None
 
     new = client.get_run(result.run_id)
-    recorded, again = loss_history(client, run_id), loss_history(client, result.run_id)
+    recorded = tracking.loss_history(client, run_id)
+    again = tracking.loss_history(client, result.run_id)
     same_losses = len(recorded) == len(again) and recorded.tobytes() == again.tobytes()
     before = np.array([source.data.metrics.get(k, np.nan) for k in models.COEFFICIENTS])
     after = np.array([new.data.metrics[k] for k in models.COEFFICIENTS])

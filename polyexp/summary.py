@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from polyexp.tracking import loss_history
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -104,8 +106,7 @@ def record(client: MlflowClient, run_id: str, ranked: Sequence[Job], text: str) 
     for job in ranked:
         if job.run_id is None:
             continue
-        history = client.get_metric_history(job.run_id, "loss")
-        losses = np.array([m.value for m in sorted(history, key=lambda m: m.step)])
+        losses = loss_history(client, job.run_id)
         losses[~(losses > 0)] = np.nan  # a log axis cannot show them
         if len(losses):
             name = label(job, keys) + (" (diverged)" if job.status == "DIVERGED" else "")

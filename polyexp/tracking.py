@@ -80,6 +80,12 @@ class RecordedRun:
         self.client.log_artifacts(self.run_id, str(folder))
 
 
+def loss_history(client: MlflowClient, run_id: str) -> np.ndarray:
+    """The recorded `loss` of every step, step 0 first, as float64."""
+    history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    return np.array([m.value for m in history], dtype=np.float64)
+
+
 def open_store() -> tuple[MlflowClient, str]:
     """A client on the store and the experiment's id, creating both when they do not exist yet."""
     uri = tracking_uri()

@@ -22,7 +22,7 @@ from conftest import polyexp_cli, runs
 from polyexp import backends, config, determinism, runner
 from polyexp.data import make_problem
 from polyexp.loop import History, train
-from polyexp.rerun import loss_history
+from polyexp.tracking import loss_history
 
 CONFIG = ["model=sequential", "optimizer=rmsprop", "optimizer.lr=1e-3", "steps=300", "log_every=0"]
 

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 import polyexp
 from conftest import runs
 from polyexp import rerun
-from polyexp.rerun import RERUN_OF, loss_history
+from polyexp.rerun import RERUN_OF
+from polyexp.tracking import loss_history
 
 SCRIPT = Path(sys.executable).with_name("polyexp-rerun")
 CONFIG = ["model=sequential", "optimizer=rmsprop", "steps=200", "log_every=0"]

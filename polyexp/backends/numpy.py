@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from polyexp import optimizers
+from polyexp import models, optimizers
 from polyexp.config import Settings
 from polyexp.data import Problem
 
@@ -19,7 +19,7 @@ class NumpyFit:
         dtype = np.dtype(settings.dtype)
         x = problem.x.astype(dtype)
         # Features (1, x, x^2, x^3) once, as rows (4, n): a step is two mat-vecs on contiguous rows.
-        self.features = np.stack([np.ones_like(x), x, x**2, x**3])
+        self.features = models.features(x)
         self.y = problem.y.astype(dtype)
         self.theta = problem.initial.astype(dtype)  # (a, b, c, d)
         self.optimizer = optimizers.build(settings.optimizer, settings.hyper, np)
