@@ -15,13 +15,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-MODELS = ("polynomial3", "sequential")
+from polyexp import models
+
+MODELS = tuple(models.MODELS)
 OPTIMIZERS = ("manual_sgd", "sgd", "rmsprop")
 BACKENDS = ("numpy", "torch", "autograd")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 INITS = ("normal", "fixed")
 DTYPES = ("float32", "float64")
-COEFFICIENTS = ("a", "b", "c", "d")
 
 
 class ConfigError(ValueError):
@@ -45,7 +46,7 @@ class Settings:
     low: float
     high: float
     init: str
-    coefficients: tuple[float, ...] | None  # with init=fixed
+    coefficients: tuple[float, ...] | None  # with init=fixed: one number per model parameter
 
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
@@ -118,7 +119,9 @@ def _hyper(cfg: DictConfig, optimizer: str) -> dict[str, Any]:
     return hyper
 
 
-def _coefficients(cfg: DictConfig) -> tuple[float, ...]:
+def _coefficients(cfg: DictConfig, model: str) -> tuple[float, ...]:
+    names = models.get(model).names
+    wanted = f"[{','.join(names)}]"
     try:
         value = OmegaConf.to_container(cfg.init, resolve=True, throw_on_missing=True).get(  # type: ignore[union-attr]
             "coefficients"
@@ -127,10 +130,13 @@ def _coefficients(cfg: DictConfig) -> tuple[float, ...]:
         value = None
     if value is None:
         raise ConfigError(
-            "init.coefficients is required with init=fixed: 'init.coefficients=[a,b,c,d]'"
+            f"init.coefficients is required with init=fixed: 'init.coefficients={wanted}'"
         )
-    if not isinstance(value, list) or len(value) != len(COEFFICIENTS):
-        raise ConfigError(f"init.coefficients={value!r}: expected a list of four numbers [a,b,c,d]")
+    if not isinstance(value, list) or len(value) != len(names):
+        raise ConfigError(
+            f"init.coefficients={value!r}: expected a list of {len(names)} numbers {wanted}"
+            f" for model={model}"
+        )
     return tuple(_number(v, f"init.coefficients[{i}]") for i, v in enumerate(value))
 
 
@@ -164,8 +170,9 @@ def check(cfg: DictConfig) -> Settings:
         raise ConfigError(
             f"device={device!r} cannot run backend=numpy (CPU only); choose from cpu, auto"
         )
+    model = _choice(cfg, "model.name", MODELS)
     return Settings(
-        model=_choice(cfg, "model.name", MODELS),
+        model=model,
         optimizer=optimizer,
         hyper=_hyper(cfg, optimizer),
         backend=backend,
@@ -178,5 +185,5 @@ def check(cfg: DictConfig) -> Settings:
         low=low,
         high=high,
         init=init,
-        coefficients=_coefficients(cfg) if init == "fixed" else None,
+        coefficients=_coefficients(cfg, model) if init == "fixed" else None,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from polyexp import models
 from polyexp.config import Settings
 
 
@@ -15,7 +16,7 @@ class Problem:
 
     x: np.ndarray
     y: np.ndarray
-    initial: np.ndarray  # (a, b, c, d) to start from
+    initial: np.ndarray  # the model's parameters to start from, e.g. (a, b, c, d)
 
 
 def make_problem(s: Settings) -> Problem:
@@ -24,5 +25,6 @@ def make_problem(s: Settings) -> Problem:
         initial = np.array(s.coefficients, dtype=np.float64)
     else:
         # NumPy's generator, not torch's, so every backend and model starts from the same numbers.
-        initial = np.random.default_rng(s.seed).standard_normal(4)
+        # The first four are the same for every model: dynamic's e is drawn after a, b, c, d.
+        initial = np.random.default_rng(s.seed).standard_normal(len(models.get(s.model).names))
     return Problem(x=x, y=np.sin(x), initial=initial)

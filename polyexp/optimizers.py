@@ -98,6 +98,21 @@ def rmsprop(
     return Optimizer(init=init, update=update)
 
 
+def keep_unused(used: Array, new: Any, old: Any, xp: ModuleType) -> Any:
+    """`new` where `used` is true, `old` elsewhere, leaf by leaf over (param, state) trees: the
+    parameters a forward pass left out keep their value and state, as torch.optim skips a
+    parameter without a gradient. A state leaf still unset (None) in `old` starts at zero there,
+    as torch.optim starts it at that parameter's first gradient (the same numbers with
+    dampening 0; torch's first momentum step skips dampening, which this cannot tell apart)."""
+    if new is None:
+        return None
+    if isinstance(new, tuple):
+        olds = old if old is not None else (None,) * len(new)
+        leaves = [keep_unused(used, n, o, xp) for n, o in zip(new, olds, strict=True)]
+        return type(new)(*leaves) if hasattr(new, "_fields") else tuple(leaves)
+    return xp.where(used, new, new * 0 if old is None else old)
+
+
 def build(name: str, hyper: dict[str, Any], xp: ModuleType) -> Optimizer:
     """The optimizer `name` (manual_sgd | sgd | rmsprop) with its checked hyper-parameters."""
     if name == "manual_sgd":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +34,17 @@ def loss_curve(losses: np.ndarray, path: Path) -> None:
     _save(fig, path)
 
 
-def fit_against_target(x: np.ndarray, y: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+def fit_against_target(
+    x: np.ndarray, y: np.ndarray, curves: Mapping[str, np.ndarray], path: Path
+) -> None:
+    """sin(x) and what the model predicts: one curve per graph its forward pass may take
+    (label -> prediction), e.g. one for the cubic and three for the dynamic network."""
     stride = max(1, len(x) // 4000)  # a few thousand points draw the same picture as millions
-    x, y, y_pred = x[::stride], y[::stride], y_pred[::stride]
     fig = _figure()
     ax = fig.add_subplot()
-    ax.plot(x, y, label="sin(x)", lw=2, color="0.6")
-    ax.plot(x, y_pred, label="fitted cubic", lw=1.5, ls="--")
+    ax.plot(x[::stride], y[::stride], label="sin(x)", lw=2, color="0.6")
+    for label, y_pred in curves.items():
+        ax.plot(x[::stride], y_pred[::stride], label=label, lw=1.5, ls="--")
     ax.set(xlabel="x", ylabel="y", title="Fit against sin(x)")
     ax.legend()
     ax.grid(True, alpha=0.3)
@@ -48,7 +52,11 @@ def fit_against_target(x: np.ndarray, y: np.ndarray, y_pred: np.ndarray, path: P
 
 
 def draw_in_background(
-    losses: np.ndarray, x: np.ndarray, y: np.ndarray, y_pred: np.ndarray, folder: Path
+    losses: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    folder: Path,
 ) -> Callable[[], None]:
     """Starts drawing loss.png and fit.png into `folder`; returns a `wait()` that returns once
     both are written. On Linux they are drawn in a forked process, so the drawing (~0.1 s) runs
@@ -56,7 +64,7 @@ def draw_in_background(
 
     def draw() -> None:
         loss_curve(losses, folder / "loss.png")
-        fit_against_target(x, y, y_pred, folder / "fit.png")
+        fit_against_target(x, y, curves, folder / "fit.png")
 
     if sys.platform != "linux":  # fork is unsafe on macOS and absent on Windows
         draw()

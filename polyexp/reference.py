@@ -1,8 +1,11 @@
 """The yardstick for every run: the closed-form least-squares fit of the run's own data.
 
-The cubic is linear in its coefficients, so the best (a, b, c, d) for the summed squared error
-over the run's points is one least-squares solve over the features (1, x, x^2, x^3), in
-float64. A run's `gap_to_optimum` says how far training got: final_loss / optimal_loss - 1.
+The cubics and `dynamic` are linear in their parameters, so the best parameters for the summed
+squared error over the run's points are one least-squares solve over their features, in
+float64. For `dynamic` the loss is averaged over its three equally likely graphs, which is
+still quadratic in the parameters: the solve stacks the three graphs' rows. `legendre3` is not
+linear in its parameters and has no closed form: its runs carry no optimum.
+A run's `gap_to_optimum` says how far training got: final_loss / optimal_loss - 1.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from polyexp.data import Problem
 
 @dataclass(frozen=True)
 class Optimum:
-    coefficients: np.ndarray  # the best (a, b, c, d), float64
-    loss: float  # their summed squared error, computed as the run computes final_loss
+    names: tuple[str, ...]  # the model's parameters
+    coefficients: np.ndarray  # their best values, float64
+    loss: float  # their loss, computed as the run computes final_loss
 
     def gap(self, final_loss: float) -> float:
         """final_loss / optimal_loss - 1: 0 at the optimum (inf if the optimum fits exactly)."""
@@ -27,19 +31,23 @@ class Optimum:
         return final_loss / self.loss - 1
 
     def metrics(self, final_loss: float) -> dict[str, float]:
-        """What a run logs: optimal_loss, optimal_a .. optimal_d and gap_to_optimum."""
+        """What a run logs: optimal_loss, optimal_<name> per parameter and gap_to_optimum."""
         best = {
-            f"optimal_{k}": float(v)
-            for k, v in zip(models.COEFFICIENTS, self.coefficients, strict=True)
+            f"optimal_{k}": float(v) for k, v in zip(self.names, self.coefficients, strict=True)
         }
         return {"optimal_loss": self.loss, **best, "gap_to_optimum": self.gap(final_loss)}
 
 
-def optimum(problem: Problem) -> Optimum:
-    """The least-squares cubic through the problem's points (same features, same points)."""
-    x = problem.x.astype(np.float64)
-    features = models.features(x).T  # (n, 4)
-    coefficients, *_ = np.linalg.lstsq(features, problem.y.astype(np.float64), rcond=None)
+def optimum(model: str, problem: Problem) -> Optimum | None:
+    """The least-squares fit of `model` to the problem's points; None where there is no closed
+    form (legendre3)."""
+    if not models.get(model).linear:
+        return None
+    x, y = problem.x.astype(np.float64), problem.y.astype(np.float64)
+    graphs = models.features(model, x, np)  # one (p, n) block per graph
+    # Every graph's rows, equally weighted (a view, not a copy, for a single graph).
+    design = graphs[0].T if len(graphs) == 1 else np.concatenate([f.T for f in graphs])
+    coefficients, *_ = np.linalg.lstsq(design, np.tile(y, len(graphs)), rcond=None)
     # The same formula as the run's final_loss, so a run at the optimum has a gap of ~0.
-    loss = float(np.sum((models.predict(coefficients, x) - problem.y) ** 2))
-    return Optimum(coefficients=coefficients, loss=loss)
+    loss = models.loss(model, coefficients, x, y)
+    return Optimum(names=models.get(model).names, coefficients=coefficients, loss=loss)

@@ -111,8 +111,9 @@ def rerun(run_id: str) -> tuple[bool, str]:
     recorded = tracking.loss_history(client, run_id)
     again = tracking.loss_history(client, result.run_id)
     same_losses = len(recorded) == len(again) and recorded.tobytes() == again.tobytes()
-    before = np.array([source.data.metrics.get(k, np.nan) for k in models.COEFFICIENTS])
-    after = np.array([new.data.metrics[k] for k in models.COEFFICIENTS])
+    names = models.get(new.data.tags["model"]).names  # the model's own parameters
+    before = np.array([source.data.metrics.get(k, np.nan) for k in names])
+    after = np.array([new.data.metrics[k] for k in names])
     same_coefficients = before.tobytes() == after.tobytes()
     changes = environment_changes(source.data.tags, new.data.tags)
     note = f"; environment differs: {', '.join(changes)}" if changes else ""

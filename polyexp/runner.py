@@ -33,12 +33,12 @@ class Result:
     """What a run returns (and records): final coefficients, the loss at every step, the run id."""
 
     run_id: str
-    coefficients: dict[str, float]  # a, b, c, d
+    coefficients: dict[str, float]  # the model's parameters by name: a, b, c, d (dynamic: e)
     final_loss: float  # summed squared error of the final coefficients, in float64
     losses: np.ndarray  # the loss at every step, computed before that step's update
     train_seconds: float  # wall time of the training loop alone
-    optimal_loss: float  # the least-squares optimum of the same data (polyexp.reference)
-    gap_to_optimum: float  # final_loss / optimal_loss - 1
+    optimal_loss: float | None  # the least-squares optimum of the same data (polyexp.reference)
+    gap_to_optimum: float | None  # final_loss / optimal_loss - 1; None: no closed-form optimum
     diverged_step: int | None = None  # the first step whose loss was not finite; None: it wasn't
 
 
@@ -82,9 +82,12 @@ def _run(
 ) -> Result:
     # Config -> parts: everything that can be refused is refused before a run exists.
     problem = make_problem(s)
+    model = models.get(s.model)
+    # The closed-form fit of the same data, if any; before the backend's arrays exist, so its
+    # float64 solve and theirs are never in memory together (10^7 points: ~0.3 GB less).
+    optimum = reference.optimum(s.model, problem)
     fit = backends.build(s, problem)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    optimum = reference.optimum(problem)  # the yardstick: closed-form fit of the same data
     choices = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
     tags = {
         **choices,
@@ -110,22 +113,26 @@ def _run(
 
         # Record: final numbers, then the artifacts.
         theta = fit.coefficients()
-        y_pred = models.predict(theta, problem.x)
-        final_loss = float(np.sum((y_pred - problem.y) ** 2))
+        final_loss = models.loss(s.model, theta, problem.x, problem.y)
         if history.diverged_at is not None or not math.isfinite(final_loss):
             final_loss = math.inf  # diverged: ranks last, and a sweeper can still compare it
-        coefficients = dict(zip(models.COEFFICIENTS, theta.tolist(), strict=True))
-        gap = optimum.gap(final_loss)
-        print(f"Result: {models.formula(theta)}  (gap to optimum {gap:.4g})")
+        coefficients = dict(zip(model.names, theta.tolist(), strict=True))
+        gap = None if optimum is None else optimum.gap(final_loss)
+        print(
+            f"Result: {model.formula(theta)}" + (f"  (gap to optimum {gap:.4g})" if optimum else "")
+        )
         final = {
             "final_loss": final_loss,
             **coefficients,
             "train_seconds": train_seconds,
-            **optimum.metrics(final_loss),
+            **(optimum.metrics(final_loss) if optimum else {}),
         }
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            plots_done = plots.draw_in_background(losses, problem.x, problem.y, y_pred, folder)
+            curves = zip(model.graphs, models.curves(s.model, theta, problem.x), strict=True)
+            plots_done = plots.draw_in_background(
+                losses, problem.x, problem.y, dict(curves), folder
+            )
             record.log_metrics(losses, final)
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             (folder / "overrides.yaml").write_text(
@@ -137,11 +144,11 @@ def _run(
                 "steps": s.steps,
                 "device": fit.device,
                 "train_seconds": train_seconds,
-                "optimal_loss": optimum.loss,
+                "optimal_loss": None if optimum is None else optimum.loss,
                 "gap_to_optimum": gap,
             }
             (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-            np.savez(folder / "parameters.npz", **models.parameters(s.model, theta))  # type: ignore[arg-type]
+            np.savez(folder / "parameters.npz", **model.parameters(theta))  # type: ignore[arg-type]
             plots_done()
             record.log_artifacts(folder)
 
@@ -151,7 +158,7 @@ def _run(
         final_loss,
         losses,
         train_seconds,
-        optimum.loss,
+        None if optimum is None else optimum.loss,
         gap,
         history.diverged_at,
     )

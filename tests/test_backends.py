@@ -14,6 +14,18 @@ from polyexp.data import make_problem
 from polyexp.loop import History, train
 
 LR = {"manual_sgd": 1e-6, "sgd": 1e-6, "rmsprop": 1e-3}
+# Where each model trains: legendre3 near the tutorial's start (off its symmetric a = c = 0,
+# where RMSprop would scale rounding noise up to whole steps); dynamic's x^5 needs small steps.
+TRAINS = {
+    "legendre3": (
+        {"manual_sgd": 5e-6, "sgd": 1e-6, "rmsprop": 1e-3},
+        ["init=fixed", "init.coefficients=[0.1,-1,0.1,0.3]"],
+    ),
+    "dynamic": (
+        {"manual_sgd": 1e-8, "sgd": 1e-8, "rmsprop": 1e-4},
+        ["init=fixed", "init.coefficients=[0.3,-0.5,0.2,0.1,0.01]"],
+    ),
+}
 
 
 def _train(overrides: list[str], steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -24,26 +36,41 @@ def _train(overrides: list[str], steps: int = 200) -> tuple[np.ndarray, np.ndarr
     return history.values(), fit.coefficients()
 
 
+@pytest.mark.parametrize("model", config.MODELS)
 @pytest.mark.parametrize("optimizer", config.OPTIMIZERS)
-def test_every_backend_and_model_follows_one_trajectory_in_float64(optimizer: str) -> None:
+def test_every_backend_follows_one_trajectory_in_float64(optimizer: str, model: str) -> None:
+    lrs, start = TRAINS.get(model, (LR, []))
     results = {
-        (backend, model): _train(
+        backend: _train(
             [
                 f"backend={backend}",
                 f"model={model}",
                 f"optimizer={optimizer}",
-                f"optimizer.lr={LR[optimizer]}",
+                f"optimizer.lr={lrs[optimizer]}",
+                *(["optimizer.momentum=0.9"] if optimizer == "sgd" else []),
+                *start,
                 "dtype=float64",
                 "seed=3",
             ]
         )
-        for backend, model in itertools.product(config.BACKENDS, config.MODELS)
+        for backend in config.BACKENDS
     }
-    reference_losses, reference = results["numpy", "polynomial3"]
-    assert reference_losses[-1] < reference_losses[0] / 2  # it trains
-    for key, (losses, coefficients) in results.items():
-        np.testing.assert_allclose(coefficients, reference, rtol=0, atol=1e-9, err_msg=str(key))
-        np.testing.assert_allclose(losses, reference_losses, rtol=1e-9, err_msg=str(key))
+    reference_losses, reference = results["numpy"]
+    # It trains (dynamic's loss jumps with the terms drawn each step: compare averages).
+    assert reference_losses[-20:].mean() < 0.8 * reference_losses[:20].mean()
+    for backend, (losses, coefficients) in results.items():
+        np.testing.assert_allclose(coefficients, reference, rtol=0, atol=1e-9, err_msg=backend)
+        np.testing.assert_allclose(losses, reference_losses, rtol=1e-9, err_msg=backend)
+
+
+def test_the_two_cubics_follow_one_trajectory() -> None:
+    """polynomial3 and sequential are one cubic under two names, on every backend."""
+    for backend in config.BACKENDS:
+        cubic = [f"backend={backend}", "optimizer=rmsprop", "dtype=float64", "seed=3"]
+        losses, coefficients = _train([*cubic, "model=polynomial3"])
+        losses_seq, coefficients_seq = _train([*cubic, "model=sequential"])
+        np.testing.assert_allclose(coefficients_seq, coefficients, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(losses_seq, losses, rtol=1e-9)
 
 
 @pytest.mark.parametrize("backend", config.BACKENDS)
@@ -60,7 +87,9 @@ def test_normal_init_is_seeded_and_the_same_on_every_backend_and_model() -> None
         s = config.check(
             polyexp.compose([f"backend={backend}", f"model={model}", "seed=7", "dtype=float64"])
         )
-        starts.add(tuple(backends.build(s, make_problem(s)).coefficients()))
+        start = backends.build(s, make_problem(s)).coefficients()
+        assert len(start) == len(models.get(model).names)
+        starts.add(tuple(start[:4]))  # dynamic draws e after the same a, b, c, d
     assert len(starts) == 1
     other = config.check(polyexp.compose(["seed=8"]))
     assert tuple(make_problem(other).initial) not in starts
@@ -73,16 +102,21 @@ def test_fixed_init_sets_sequential_bias_and_weight() -> None:
     fit = backends.build(s, make_problem(s))
     layer = fit.model[0]  # type: ignore[attr-defined]
     assert layer.bias.tolist() == [1.0] and layer.weight.tolist() == [[2.0, 3.0, 4.0]]
-    params = models.parameters("sequential", fit.coefficients())
+    params = models.get("sequential").parameters(fit.coefficients())
     assert set(params) == set(fit.model.state_dict())  # type: ignore[attr-defined]
 
 
-def test_polynomial3_parameters_are_named_as_its_module() -> None:
-    s = config.check(polyexp.compose(["init=fixed", "init.coefficients=[1,2,3,4]"]))
+@pytest.mark.parametrize("model", ["polynomial3", "legendre3", "dynamic"])
+def test_scalar_parameters_are_named_as_the_modules(model: str) -> None:
+    start = [1, 2, 3, 4, 5][: len(models.get(model).names)]
+    s = config.check(
+        polyexp.compose([f"model={model}", "init=fixed", f"init.coefficients={start}"])
+    )
     fit = backends.build(s, make_problem(s))
     state = fit.model.state_dict()  # type: ignore[attr-defined]
-    params = models.parameters("polynomial3", fit.coefficients())
+    params = models.get(model).parameters(fit.coefficients())
     assert {k: float(v) for k, v in params.items()} == {k: float(v) for k, v in state.items()}
+    assert list(params) == list(models.get(model).names) == [k for k in state]
 
 
 def test_seed_module_settings_end_near_loss_9_to_12() -> None:

@@ -24,9 +24,8 @@ def test_the_axes_offer_what_the_design_names() -> None:
     assert _options("backend") == sorted(config.BACKENDS)
     assert _options("device") == sorted(config.DEVICES)
     assert _options("init") == sorted(config.INITS)
-    assert _options("experiment") == sorted(
-        ["seed_numpy", "seed_tensor", "seed_autograd", "seed_nn", "seed_optim", "seed_module"]
-    )
+    seeds = ["seed_numpy", "seed_tensor", "seed_autograd", "seed_nn", "seed_optim", "seed_module"]
+    assert _options("experiment") == sorted([*seeds, "tutorial_legendre", "tutorial_dynamic"])
 
 
 @pytest.mark.parametrize(
@@ -68,6 +67,21 @@ def test_presets_choose_what_their_seed_program_uses(
     s = config.check(polyexp.compose([f"experiment={preset}"]))
     assert (s.model, s.optimizer, s.backend, s.dtype) == (model, optimizer, backend, dtype)
     assert (s.hyper["lr"], s.steps) == (1e-6, 2000)
+
+
+def test_the_tutorial_presets_choose_what_the_tutorial_programs_use() -> None:
+    legendre = config.check(polyexp.compose(["experiment=tutorial_legendre"]))
+    assert (legendre.model, legendre.optimizer, legendre.backend) == (
+        "legendre3",
+        "manual_sgd",
+        "autograd",
+    )
+    assert (legendre.hyper["lr"], legendre.steps, legendre.dtype) == (5e-6, 2000, "float32")
+    assert legendre.coefficients == (0.0, -1.0, 0.0, 0.3)
+    dynamic = config.check(polyexp.compose(["experiment=tutorial_dynamic"]))
+    assert (dynamic.model, dynamic.optimizer, dynamic.backend) == ("dynamic", "sgd", "autograd")
+    assert (dynamic.hyper["lr"], dynamic.hyper["momentum"], dynamic.steps) == (1e-8, 0.9, 30000)
+    assert (dynamic.dtype, dynamic.log_every, dynamic.init) == ("float32", 2000, "normal")
 
 
 def test_rmsprop_alone_defaults_to_a_converging_lr_and_torch_defaults() -> None:
@@ -114,6 +128,7 @@ BAD = [
     (["backend=numpy", "device=cuda"], "device='cuda'"),
     (["backend=numpy", "device=mps"], "device='mps'"),
     (["model.name=mlp"], "model.name='mlp'"),
+    (["model=dynamic", "init=fixed", "init.coefficients=[1,2,3,4]"], "5 numbers [a,b,c,d,e]"),
 ]
 
 

@@ -10,9 +10,13 @@ import polyexp
 from polyexp import config, reference
 from polyexp.data import make_problem
 
+NAMES = ("a", "b", "c", "d")
+
 
 def _optimum(overrides: list[str]) -> reference.Optimum:
-    return reference.optimum(make_problem(config.check(polyexp.compose(overrides))))
+    best = reference.optimum("polynomial3", make_problem(config.check(polyexp.compose(overrides))))
+    assert best is not None
+    return best
 
 
 def test_the_default_data_has_optimal_loss_8_817165() -> None:
@@ -23,7 +27,7 @@ def test_the_default_data_has_optimal_loss_8_817165() -> None:
 
 def test_the_optimum_solves_the_normal_equations_and_no_nudge_improves_it() -> None:
     problem = make_problem(config.check(polyexp.compose([])))
-    best = reference.optimum(problem)
+    best = _optimum([])
     features = np.stack([problem.x**k for k in range(4)], axis=1)
     gradient = 2 * features.T @ (features @ best.coefficients - problem.y)
     assert np.abs(gradient).max() < 1e-9  # zero gradient of the summed squared error
@@ -43,9 +47,11 @@ def test_the_optimum_is_of_the_runs_own_points() -> None:
 
 
 def test_gap_is_relative_excess_loss_and_zero_only_at_the_optimum() -> None:
-    best = reference.Optimum(coefficients=np.zeros(4), loss=2.0)
+    best = reference.Optimum(names=NAMES, coefficients=np.zeros(4), loss=2.0)
     assert best.gap(3.0) == 0.5 and best.gap(2.0) == 0.0
-    exact = reference.Optimum(coefficients=np.zeros(4), loss=0.0)  # points a cubic fits exactly
+    exact = reference.Optimum(
+        names=NAMES, coefficients=np.zeros(4), loss=0.0
+    )  # points a cubic fits exactly
     assert exact.gap(0.0) == 0.0 and exact.gap(1e-3) == float("inf")
 
 
@@ -58,7 +64,7 @@ def test_a_run_logs_the_optimum_and_its_gap_and_prints_the_gap(
     assert metrics["optimal_loss"] == result.optimal_loss == best.loss
     assert [metrics[f"optimal_{k}"] for k in "abcd"] == best.coefficients.tolist()
     assert metrics["gap_to_optimum"] == result.gap_to_optimum == result.final_loss / best.loss - 1
-    assert result.gap_to_optimum > 0
+    assert result.gap_to_optimum is not None and result.gap_to_optimum > 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Result: ")]
     assert line.endswith(f" x^3  (gap to optimum {result.gap_to_optimum:.4g})")
 
@@ -77,4 +83,4 @@ def test_a_run_started_at_the_optimum_has_no_gap(store: MlflowClient) -> None:
             "log_every=0",
         ]
     )
-    assert abs(result.gap_to_optimum) < 1e-12
+    assert result.gap_to_optimum is not None and abs(result.gap_to_optimum) < 1e-12

@@ -1,12 +1,16 @@
-"""torch nn.Modules, gradients from loss.backward(): the seed's last four programs.
+"""torch nn.Modules, gradients from loss.backward(): the seed's last four programs and the
+tutorial's two more.
 
 `polynomial3` is the seed's custom Polynomial3 module; `sequential` its
-Sequential(Linear(3, 1), Flatten(0, 1)) over the features (x, x^2, x^3). `manual_sgd` is the
-seed's `p -= lr * p.grad` under no_grad; `sgd` and `rmsprop` are torch.optim's own.
+Sequential(Linear(3, 1), Flatten(0, 1)) over the features (x, x^2, x^3); `legendre3` the
+tutorial's a + b P3(c + d x) with P3 a torch.autograd.Function; `dynamic` the tutorial's
+DynamicNet. `manual_sgd` is the seed's `p -= lr * p.grad` under no_grad; `sgd` and `rmsprop`
+are torch.optim's own.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from polyexp import models
 from polyexp.backends.torch import resolve_device
 from polyexp.config import Settings
 from polyexp.data import Problem
@@ -34,6 +39,57 @@ class Polynomial3(torch.nn.Module):
         return self.a + self.b * x + self.c * x**2 + self.d * x**3
 
 
+class LegendreP3(torch.autograd.Function):
+    """P3(z) = (5 z^3 - 3 z) / 2 with its own backward pass, P3'(z) = 3 (5 z^2 - 1) / 2."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        return models.p3(z)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        (z,) = ctx.saved_tensors
+        return grad_output * models.dp3(z)
+
+
+class Legendre3(torch.nn.Module):
+    """y = a + b P3(c + d x), four scalar Parameters, as in the tutorial."""
+
+    def __init__(self, coefficients: torch.Tensor) -> None:
+        super().__init__()
+        a, b, c, d = coefficients
+        self.a = torch.nn.Parameter(a.clone())
+        self.b = torch.nn.Parameter(b.clone())
+        self.c = torch.nn.Parameter(c.clone())
+        self.d = torch.nn.Parameter(d.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a + self.b * LegendreP3.apply(self.c + self.d * x)
+
+
+class DynamicNet(torch.nn.Module):
+    """The tutorial's dynamic network: the cubic plus 0 to 2 more terms e x^4, e x^5 chosen at
+    random on every forward pass, reusing one Parameter e. `draw` is the random source
+    (the tutorial's `random.randint`; here a generator seeded by the run's seed)."""
+
+    def __init__(self, coefficients: torch.Tensor, draw: Callable[[int, int], int]) -> None:
+        super().__init__()
+        a, b, c, d, e = coefficients
+        self.a = torch.nn.Parameter(a.clone())
+        self.b = torch.nn.Parameter(b.clone())
+        self.c = torch.nn.Parameter(c.clone())
+        self.d = torch.nn.Parameter(d.clone())
+        self.e = torch.nn.Parameter(e.clone())
+        self.draw = draw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a + self.b * x + self.c * x**2 + self.d * x**3
+        for exp in range(4, self.draw(4, 6)):
+            y = y + self.e * x**exp
+        return y
+
+
 def sequential(coefficients: torch.Tensor) -> torch.nn.Sequential:
     """Linear(3, 1) + Flatten(0, 1), bias = a and weight = [b, c, d], in their dtype and device."""
     linear = torch.nn.Linear(3, 1, device=coefficients.device, dtype=coefficients.dtype)
@@ -51,7 +107,8 @@ def _update(settings: Settings, params: list[torch.nn.Parameter]) -> Callable[[]
         @torch.no_grad()
         def manual_step() -> None:
             for param in params:
-                param -= lr * param.grad  # type: ignore[misc]  # .grad is set by backward()
+                if param.grad is not None:  # None: the forward pass did not use it (dynamic)
+                    param -= lr * param.grad  # type: ignore[misc]
 
         return manual_step
     optimizer_class = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}[settings.optimizer]
@@ -72,7 +129,12 @@ class AutogradFit:
             self.model = sequential(initial)
         else:
             self.inputs = x
-            self.model = Polynomial3(initial)
+            if settings.model == "legendre3":
+                self.model = Legendre3(initial)
+            elif settings.model == "dynamic":
+                self.model = DynamicNet(initial, random.Random(settings.seed).randint)
+            else:
+                self.model = Polynomial3(initial)
         self.optimizer_step = _update(settings, list(self.model.parameters()))
         self.device = str(device)
 
@@ -88,11 +150,11 @@ class AutogradFit:
         return torch.stack(losses).to("cpu", torch.float64).numpy()
 
     def coefficients(self) -> np.ndarray:
-        if isinstance(self.model, Polynomial3):
-            theta = torch.stack([self.model.a, self.model.b, self.model.c, self.model.d])
-        else:
+        if isinstance(self.model, torch.nn.Sequential):
             state = self.model.state_dict()
             theta = torch.cat([state["0.bias"], state["0.weight"].flatten()])
+        else:  # one scalar Parameter per name, in the model's order
+            theta = torch.stack(list(self.model.parameters()))
         return theta.detach().to("cpu", torch.float64).numpy()
 
 

@@ -1,6 +1,7 @@
 """NumPy arrays, gradients by hand: the seed's first program, with the features computed once.
 
-Kept line for line parallel to polyexp.backends.torch, so a diff shows only the array library.
+Kept line for line parallel to polyexp.backends.torch, so a diff shows only the array library;
+the model's forward and backward pass are polyexp.models' by-hand math, shared by both.
 """
 
 from __future__ import annotations
@@ -18,22 +19,21 @@ class NumpyFit:
     def __init__(self, settings: Settings, problem: Problem) -> None:
         dtype = np.dtype(settings.dtype)
         x = problem.x.astype(dtype)
-        # Features (1, x, x^2, x^3) once, as rows (4, n): a step is two mat-vecs on contiguous rows.
-        self.features = models.features(x)
-        self.y = problem.y.astype(dtype)
-        self.theta = problem.initial.astype(dtype)  # (a, b, c, d)
+        y = problem.y.astype(dtype)
+        self.model = models.by_hand(settings.model, x, y, np, settings.seed)
+        self.theta = problem.initial.astype(dtype)  # the model's parameters, e.g. (a, b, c, d)
         self.optimizer = optimizers.build(settings.optimizer, settings.hyper, np)
         self.state = self.optimizer.init(self.theta)
         self.device = "cpu"
 
     def step(self) -> Any:
-        # Forward pass: y_pred = a + b x + c x^2 + d x^3.
-        y_pred = self.theta @ self.features
-        residual = y_pred - self.y
-        loss = residual @ residual  # summed squared error
-        # Backward pass: d loss / d theta = 2 * features (y_pred - y).
-        grad = 2.0 * (self.features @ residual)
-        self.theta, self.state = self.optimizer.update(self.theta, grad, self.state)
+        loss, grad, used = self.model.loss_and_grad(self.theta)
+        theta, state = self.optimizer.update(self.theta, grad, self.state)
+        if used is not None:  # the pass left parameters out: they keep their value and state
+            theta, state = optimizers.keep_unused(
+                used, (theta, state), (self.theta, self.state), np
+            )
+        self.theta, self.state = theta, state
         return loss
 
     def fetch(self, losses: list[Any]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """torch tensors, gradients by hand: the seed's second program, with the features computed once.
 
-Kept line for line parallel to polyexp.backends.numpy, so a diff shows only the array library.
+Kept line for line parallel to polyexp.backends.numpy, so a diff shows only the array library;
+the model's forward and backward pass are polyexp.models' by-hand math, shared by both.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polyexp import optimizers
+from polyexp import models, optimizers
 from polyexp.config import ConfigError, Settings
 from polyexp.data import Problem
 
@@ -33,22 +34,21 @@ class TorchFit:
     def __init__(self, settings: Settings, problem: Problem) -> None:
         dtype, device = getattr(torch, settings.dtype), resolve_device(settings.device)
         x = torch.as_tensor(problem.x, device=device).to(dtype)
-        # Features (1, x, x^2, x^3) once, as rows (4, n): a step is two mat-vecs on contiguous rows.
-        self.features = torch.stack([torch.ones_like(x), x, x**2, x**3])
-        self.y = torch.as_tensor(problem.y, device=device).to(dtype)
-        self.theta = torch.as_tensor(problem.initial, device=device).to(dtype)  # (a, b, c, d)
+        y = torch.as_tensor(problem.y, device=device).to(dtype)
+        self.model = models.by_hand(settings.model, x, y, torch, settings.seed)
+        self.theta = torch.as_tensor(problem.initial, device=device).to(dtype)
         self.optimizer = optimizers.build(settings.optimizer, settings.hyper, torch)
         self.state = self.optimizer.init(self.theta)
         self.device = str(device)
 
     def step(self) -> Any:
-        # Forward pass: y_pred = a + b x + c x^2 + d x^3.
-        y_pred = self.theta @ self.features
-        residual = y_pred - self.y
-        loss = residual @ residual  # summed squared error
-        # Backward pass: d loss / d theta = 2 * features (y_pred - y).
-        grad = 2.0 * (self.features @ residual)
-        self.theta, self.state = self.optimizer.update(self.theta, grad, self.state)
+        loss, grad, used = self.model.loss_and_grad(self.theta)
+        theta, state = self.optimizer.update(self.theta, grad, self.state)
+        if used is not None:  # the pass left parameters out: they keep their value and state
+            theta, state = optimizers.keep_unused(
+                used, (theta, state), (self.theta, self.state), torch
+            )
+        self.theta, self.state = theta, state
         return loss
 
     def fetch(self, losses: list[Any]) -> np.ndarray:
