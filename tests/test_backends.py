@@ -157,8 +157,12 @@ def test_auto_picks_what_exists(backend: str) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", config.MODELS)
 @pytest.mark.parametrize("backend", ["torch", "autograd"])
-def test_cuda_trains_like_the_cpu(backend: str) -> None:
-    _, on_cuda = _train([f"backend={backend}", "device=cuda", "dtype=float64"])
-    _, on_cpu = _train([f"backend={backend}", "device=cpu", "dtype=float64"])
+def test_cuda_trains_like_the_cpu(backend: str, model: str) -> None:
+    lrs, start = TRAINS.get(model, (LR, []))
+    run = [f"backend={backend}", f"model={model}", f"optimizer.lr={lrs['sgd']}", *start]
+    losses_cuda, on_cuda = _train([*run, "device=cuda", "dtype=float64"])
+    losses_cpu, on_cpu = _train([*run, "device=cpu", "dtype=float64"])
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-9)
+    np.testing.assert_allclose(losses_cuda, losses_cpu, rtol=1e-9)
