@@ -53,8 +53,8 @@ def group_key(cfg: DictConfig, s: Settings) -> str | None:
     assert isinstance(resolved, dict)
     resolved.pop("hydra", None)
     kept = {k: v for k, v in flatten(resolved).items() if k not in NUMBERS and k != "resume"}
-    # Momentum on or off is a different rule (torch.optim.SGD keeps no buffer without it).
-    kept["momentum on"] = bool(s.hyper.get("momentum"))
+    if s.optimizer == "sgd":  # momentum on or off is another rule: SGD keeps no buffer without
+        kept["momentum on"] = bool(s.hyper["momentum"])  # (RMSprop's buffer is exact at 0)
     return json.dumps(kept, sort_keys=True, default=str)
 
 
@@ -235,6 +235,7 @@ def train(settings: Sequence[Settings]) -> list[Trained]:
             stopped.get(i, theta[i]),
             seconds,
             fit.device,
+            size,
         )
         for i in range(size)
     ]

@@ -71,8 +71,9 @@ class Trained:
     losses: np.ndarray
     diverged_at: int | None
     theta: np.ndarray  # (a, b, c, d) as float64
-    train_seconds: float
+    train_seconds: float  # for a batch: its loop's wall time shared out among its runs
     device: str  # where it trained, e.g. "cpu" or "cuda:0"
+    batch_size: int = 1  # how many runs trained together (polyexp.batched)
 
 
 def run(
@@ -127,6 +128,8 @@ def _run(
         **provenance.tags(device),
         **extra,
     }
+    if trained is not None:  # trained elsewhere, in a batch of runs
+        tags["sweep.batch_size"] = str(trained.batch_size)
 
     with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
         if fit is not None:
