@@ -191,7 +191,11 @@ class AutogradBatch(TorchBatch):
         return theta.to("cpu", self.torch.float64).numpy()
 
 
-BATCHES = {"numpy": NumpyBatch, "torch": TorchBatch, "autograd": AutogradBatch}
+BATCHES: dict[str, type[NumpyBatch | TorchBatch]] = {
+    "numpy": NumpyBatch,
+    "torch": TorchBatch,
+    "autograd": AutogradBatch,
+}
 
 
 def train(settings: Sequence[Settings]) -> list[Trained]:
@@ -215,7 +219,7 @@ def train(settings: Sequence[Settings]) -> list[Trained]:
                 continue
             chunk, pending = fit.fetch(pending), []
             bad = ~np.isfinite(chunk)
-            newly = [i for i in np.flatnonzero(bad.any(0)) if diverged[i] is None]
+            newly = [int(i) for i in np.flatnonzero(bad.any(0)) if diverged[i] is None]
             if newly:
                 theta = fit.coefficients()
                 first = bad.argmax(0)
@@ -239,4 +243,3 @@ def train(settings: Sequence[Settings]) -> list[Trained]:
         )
         for i in range(size)
     ]
-

@@ -73,7 +73,9 @@ def test_the_plugin_is_found_by_hydras_plugin_scan() -> None:
 @pytest.mark.parametrize("backend", ["numpy", "torch", "autograd"])
 @pytest.mark.parametrize("optimizer", sorted(MEMBERS))
 @pytest.mark.parametrize("model", ["polynomial3", "sequential"])
-def test_a_batch_trains_each_run_as_it_trains_alone(backend: str, optimizer: str, model: str) -> None:
+def test_a_batch_trains_each_run_as_it_trains_alone(
+    backend: str, optimizer: str, model: str
+) -> None:
     cfgs = [
         polyexp.compose(_overrides(backend, optimizer, model, i, extra))
         for i, extra in enumerate(MEMBERS[optimizer])
@@ -184,7 +186,14 @@ SWEEP = (
     "steps=200",
     "log_every=0",
 )
-ARTIFACTS = {"config.yaml", "overrides.yaml", "result.json", "parameters.npz", "loss.png", "fit.png"}
+ARTIFACTS = {
+    "config.yaml",
+    "overrides.yaml",
+    "result.json",
+    "parameters.npz",
+    "loss.png",
+    "fit.png",
+}
 
 
 def _children(client: MlflowClient) -> dict[tuple[str, str, str], object]:
@@ -228,7 +237,9 @@ def test_a_batched_sweep_records_what_the_basic_launcher_records(
         assert run.data.tags["sweep.batch_size"] == "2"
         # threads.* name the pools loaded when a run is recorded: in a batched sweep torch may
         # be loaded already when a numpy job is recorded.
-        extra = {k for k in set(run.data.tags) - set(twin.data.tags) if not k.startswith("threads.")}
+        extra = {
+            k for k in set(run.data.tags) - set(twin.data.tags) if not k.startswith("threads.")
+        }
         assert extra == {"sweep.batch_size"}
         assert run.data.tags["config_hash"] == twin.data.tags["config_hash"]
         assert {a.path for a in store.list_artifacts(run.info.run_id)} == ARTIFACTS

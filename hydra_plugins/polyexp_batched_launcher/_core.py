@@ -73,7 +73,7 @@ class Composer:
         for o, _ in changed:
             OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
         with open_dict(cfg):
-            cfg.hydra.overrides.task = [o.input_line for o in parsed if not o.is_hydra_override()]
+            cfg.hydra.overrides.task = [str(o.input_line) for o in parsed]
             job = cfg.hydra.job
             job.override_dirname = get_overrides_dirname(
                 overrides=[o for o in parsed if not o.is_hydra_override()],
@@ -135,7 +135,7 @@ def _train(
 
 
 def _task(cfg: DictConfig) -> DictConfig:
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
 
 
 def launch(

@@ -4,7 +4,6 @@ Hydra finds this module by scanning the `hydra_plugins` namespace package and im
 every start, so it imports nothing heavy; the work is in _core (and polyexp.batched).
 """
 
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 
