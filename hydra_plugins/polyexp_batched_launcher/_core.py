@@ -25,7 +25,7 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from polyexp import batched, config, runner, sweep
+from polyexp import batched, config, determinism, runner, sweep
 
 if TYPE_CHECKING:
     from hydra_plugins.polyexp_batched_launcher.batched_launcher import BatchedLauncher
@@ -125,7 +125,8 @@ def _train(
             part = members[start : start + max_batch]
             settings = [config.check(_task(jobs[i])) for i in part]
             try:
-                outcomes = batched.train(settings)
+                with determinism.settings(settings[0]):  # as a run of its own on a GPU
+                    outcomes = batched.train(settings)
             except Exception as error:  # e.g. no cuda here: each job then says so itself
                 log.warning(f"batch of {len(part)} jobs not trained together: {error}")
                 continue
