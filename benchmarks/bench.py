@@ -204,6 +204,33 @@ def section_sweep(work: Path, env: dict[str, str], jobs: int, steps: int) -> Non
         )
 
 
+def section_launchers(work: Path, env: dict[str, str], steps: int, big: int) -> None:
+    """The batched launcher against basic and joblib: an lr sweep of seed_module (autograd, SGD),
+    every job recorded in full. basic and joblib run 64 jobs; at `big` jobs only batched runs
+    (basic would take most of an hour), and their rows give their 64-job rate per job."""
+    print(f"\n== Launchers: an lr sweep of experiment=seed_module, {steps} steps a job ==")
+    launchers = {
+        "basic": [],
+        "joblib": ["hydra/launcher=joblib"],
+        "batched": ["hydra/launcher=batched"],
+    }
+    rate: dict[str, float] = {}
+    for jobs in (64, big):
+        lrs = ",".join(f"{v:.6g}" for v in np.geomspace(1e-7, 3e-6, jobs))
+        args = ["experiment=seed_module", f"steps={steps}", f"optimizer.lr={lrs}", "log_every=0"]
+        for name, extra in launchers.items():
+            if jobs > 64 and name != "batched":
+                continue
+            seconds = polyexp_cmd(["-m", *extra, *args, "resume=false"], work, env)
+            rate.setdefault(name, jobs / seconds)
+            row(
+                f"{jobs}-job sweep, {name} launcher",
+                f"{seconds:.2f} s",
+                f"{jobs / seconds:.1f} jobs/s",
+                f"{jobs / seconds / rate['basic']:.1f}x basic",
+            )
+
+
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -260,6 +287,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument(
+        "--launchers", action="store_true", help="only the launcher comparison (~5 min)"
+    )
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
     if not seed_programs.SEED_FILE.exists():
@@ -274,10 +304,15 @@ def main() -> None:
         }
         os.environ.update(env)
         print(f"{'':<58} {'polyexp':>14} {'reference':>14} {'ratio':>9}")
+        polyexp_cmd(["backend=numpy", "steps=1"], work, env)  # the store exists before we time
+        if args.launchers:
+            section_launchers(work, env, steps=500, big=1024)
+            return
         section_loops(repeats)
         section_recording(repeats)
         section_command(work, env)
         section_sweep(work, env, jobs=32, steps=200 if args.quick else 500)
+        section_launchers(work, env, steps=500, big=256 if args.quick else 1024)
         section_scaling(repeats)
 
     lines = [

@@ -2,7 +2,9 @@
 
 Each optimizer is a pair of pure functions over arrays: `init(param) -> state` and
 `update(param, grad, state) -> (param, state)`. They use only arithmetic operators and
-`xp.sqrt`, so one rule serves NumPy arrays and torch tensors alike. `sgd` and `rmsprop`
+`xp.sqrt`, so one rule serves NumPy arrays and torch tensors alike. A hyper-parameter is a
+number, or for a batch of runs (polyexp.batched) an array of shape (B, 1), one per run, that
+broadcasts against parameters of shape (B, ...). `sgd` and `rmsprop`
 follow torch.optim.SGD and torch.optim.RMSprop step for step, with the same defaults;
 tests prove them equal to torch.optim in float64. The autograd backend uses torch.optim itself.
 """
@@ -14,6 +16,14 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 Array = Any  # np.ndarray or torch.Tensor
+
+
+def _on(value: float | Array) -> bool:
+    """Whether a hyper-parameter switches its term on: nonzero, or nonzero for any run of a batch.
+    Decided once, when the rule is built, so a GPU never waits on it during training."""
+    if isinstance(value, int | float):
+        return value != 0
+    return bool((value != 0).any())
 
 
 class Optimizer(NamedTuple):
@@ -41,13 +51,14 @@ def sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
 ) -> Optimizer:
-    """torch.optim.SGD's rule."""
+    """torch.optim.SGD's rule. In a batch, momentum must be zero for every run or for none."""
+    decay, heavy = _on(weight_decay), _on(momentum)
 
     def update(param: Array, grad: Array, state: SGDState) -> tuple[Array, SGDState]:
-        if weight_decay:
+        if decay:
             grad = grad + weight_decay * param
         buf = state.momentum_buffer
-        if momentum:
+        if heavy:
             # torch starts the buffer at the first gradient itself, undamped.
             buf = grad if buf is None else momentum * buf + (1 - dampening) * grad
             grad = grad + momentum * buf if nesterov else buf
@@ -72,13 +83,14 @@ def rmsprop(
     centered: bool = False,
 ) -> Optimizer:
     """torch.optim.RMSprop's rule; `xp` is the array module (numpy or torch) for sqrt."""
+    decay, heavy = _on(weight_decay), _on(momentum)
 
     def init(param: Array) -> RMSpropState:
         zeros = param * 0
         return RMSpropState(zeros, zeros, zeros)
 
     def update(param: Array, grad: Array, state: RMSpropState) -> tuple[Array, RMSpropState]:
-        if weight_decay:
+        if decay:
             grad = grad + weight_decay * param
         square_avg = alpha * state.square_avg + (1 - alpha) * grad * grad
         grad_avg = state.grad_avg
@@ -88,7 +100,7 @@ def rmsprop(
         else:
             avg = xp.sqrt(square_avg) + eps
         buf = state.momentum_buffer
-        if momentum > 0:
+        if heavy:
             buf = momentum * buf + grad / avg
             param = param - lr * buf
         else:

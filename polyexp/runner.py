@@ -63,22 +63,57 @@ def run_name(s: config.Settings, overrides: Sequence[str]) -> str:
     return " ".join([choices, *values])
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What training leaves for the record: the finite losses, the first step whose loss was not
+    finite (None: none was), the final coefficients and the loop's wall time."""
+
+    losses: np.ndarray
+    diverged_at: int | None
+    theta: np.ndarray  # the model's parameters, e.g. (a, b, c, d), as float64
+    train_seconds: float  # for a batch: its loop's wall time shared out among its runs
+    device: str  # where it trained, e.g. "cpu" or "cuda:0"
+    batch_size: int = 1  # how many runs trained together (polyexp.batched)
+
+
 def run(
-    cfg: DictConfig, overrides: Sequence[str] = (), tags: Mapping[str, str] | None = None
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    tags: Mapping[str, str] | None = None,
+    trained: Trained | None = None,
 ) -> Result:
     """Checks `cfg`, trains, and records the run in MLflow; returns what it recorded.
 
     `tags` are added to the run's own (a sweep's parent, `polyexp.rerun_of`, ...). A run whose
     loss stops being finite stops there and still ends FINISHED, tagged `diverged` and
     `diverged_step`, with final_loss inf. Raises config.ConfigError (one line, naming the
-    key) before anything is recorded."""
+    key) before anything is recorded. With `trained` (a run trained elsewhere, e.g. as one
+    member of a batch: polyexp.batched) it only records."""
     s = config.check(cfg)
     with determinism.settings(s):  # torch's deterministic mode on GPUs, for this run only
-        return _run(cfg, s, overrides, tags or {})
+        return _run(cfg, s, overrides, tags or {}, trained)
+
+
+def _train(fit: backends.Fit, s: config.Settings, record: tracking.RecordedRun) -> Trained:
+    """The loop: losses computed so far are recorded even if training stops early."""
+    history = History(fit)
+    start = time.perf_counter()
+    try:
+        train(fit, s.steps, history, s.log_every)
+    except BaseException:
+        record.log_metrics(history.values()[: history.diverged_at], {})
+        raise
+    train_seconds = time.perf_counter() - start
+    losses = history.values()[: history.diverged_at]  # the finite losses
+    return Trained(losses, history.diverged_at, fit.coefficients(), train_seconds, fit.device)
 
 
 def _run(
-    cfg: DictConfig, s: config.Settings, overrides: Sequence[str], extra: Mapping[str, str]
+    cfg: DictConfig,
+    s: config.Settings,
+    overrides: Sequence[str],
+    extra: Mapping[str, str],
+    trained: Trained | None,
 ) -> Result:
     # Config -> parts: everything that can be refused is refused before a run exists.
     problem = make_problem(s)
@@ -86,35 +121,32 @@ def _run(
     # The closed-form fit of the same data, if any; before the backend's arrays exist, so its
     # float64 solve and theirs are never in memory together (10^7 points: ~0.3 GB less).
     optimum = reference.optimum(s.model, problem)
-    fit = backends.build(s, problem)
+    fit = backends.build(s, problem) if trained is None else None
+    device = trained.device if trained is not None else fit.device  # type: ignore[union-attr]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     choices = {"model": s.model, "optimizer": s.optimizer, "backend": s.backend, "device": s.device}
     tags = {
         **choices,
         "config_hash": config.fingerprint(cfg),
-        **provenance.tags(fit.device),
+        **provenance.tags(device),
         **extra,
     }
+    if trained is not None:  # trained elsewhere, in a batch of runs
+        tags["sweep.batch_size"] = str(trained.batch_size)
 
     with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
-        # Loop: losses computed so far are recorded even if training stops early.
-        history = History(fit)
-        start = time.perf_counter()
-        try:
-            train(fit, s.steps, history, s.log_every)
-        except BaseException:
-            record.log_metrics(history.values()[: history.diverged_at], {})
-            raise
-        train_seconds = time.perf_counter() - start
-        losses = history.values()[: history.diverged_at]  # the finite losses
-        if history.diverged_at is not None:
-            record.set_tags({"diverged": "true", "diverged_step": str(history.diverged_at)})
-            print(f"polyexp: the loss stopped being finite at step {history.diverged_at}")
+        if fit is not None:
+            trained = _train(fit, s, record)
+        assert trained is not None
+        losses, train_seconds = trained.losses, trained.train_seconds
+        if trained.diverged_at is not None:
+            record.set_tags({"diverged": "true", "diverged_step": str(trained.diverged_at)})
+            print(f"polyexp: the loss stopped being finite at step {trained.diverged_at}")
 
         # Record: final numbers, then the artifacts.
-        theta = fit.coefficients()
+        theta = trained.theta
         final_loss = models.loss(s.model, theta, problem.x, problem.y)
-        if history.diverged_at is not None or not math.isfinite(final_loss):
+        if trained.diverged_at is not None or not math.isfinite(final_loss):
             final_loss = math.inf  # diverged: ranks last, and a sweeper can still compare it
         coefficients = dict(zip(model.names, theta.tolist(), strict=True))
         gap = None if optimum is None else optimum.gap(final_loss)
@@ -142,7 +174,7 @@ def _run(
                 "coefficients": coefficients,
                 "final_loss": final_loss,
                 "steps": s.steps,
-                "device": fit.device,
+                "device": device,
                 "train_seconds": train_seconds,
                 "optimal_loss": None if optimum is None else optimum.loss,
                 "gap_to_optimum": gap,
@@ -160,5 +192,5 @@ def _run(
         train_seconds,
         None if optimum is None else optimum.loss,
         gap,
-        history.diverged_at,
+        trained.diverged_at,
     )

@@ -31,6 +31,8 @@ from polyexp import config
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from polyexp import runner
+
 PARENT_TAG = "mlflow.parentRunId"
 FOLDER = ".polyexp"  # inside the sweep dir: parent.json, jobs/<num>.json
 
@@ -115,7 +117,12 @@ def current_parent() -> Parent | None:
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
         return None
-    path = Path(str(hydra.sweep.dir)).resolve() / FOLDER / "parent.json"
+    return parent_of(str(hydra.sweep.dir))
+
+
+def parent_of(sweep_dir: str) -> Parent | None:
+    """The parent run of the sweep in `sweep_dir`; None when the sweep callback opened none."""
+    path = Path(sweep_dir).resolve() / FOLDER / "parent.json"
     return Parent(**json.loads(path.read_text())) if path.exists() else None
 
 
@@ -130,9 +137,12 @@ def finished_twin(client: MlflowClient, experiment_id: str, fingerprint: str) ->
     return found[0] if found else None
 
 
-def run_job(cfg: DictConfig, overrides: list[str], parent: Parent) -> float:
+def run_job(
+    cfg: DictConfig, overrides: list[str], parent: Parent, trained: runner.Trained | None = None
+) -> float:
     """Runs one job of a sweep as a child of `parent`, or skips it when `resume` is on and an
-    identical config already FINISHED in the experiment; returns its final loss either way."""
+    identical config already FINISHED in the experiment; returns its final loss either way.
+    With `trained` (the job trained in a batch: polyexp.batched) it only records the job."""
     from mlflow.tracking import MlflowClient
 
     from polyexp import runner
@@ -155,7 +165,7 @@ def run_job(cfg: DictConfig, overrides: list[str], parent: Parent) -> float:
             return final_loss
     try:
         tags = {PARENT_TAG: parent.run_id, "sweep.job": str(num), "sweep.pid": str(os.getpid())}
-        result = runner.run(cfg, overrides, tags)
+        result = runner.run(cfg, overrides, tags, trained)
     except BaseException as error:
         _write(parent, Job(num, overrides, FAILED, error=f"{type(error).__name__}: {error}"))
         raise

@@ -87,8 +87,8 @@ def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_pa
         (["init=fixed", "init.coefficients=[1,2]"], "polyexp: error: init.coefficients=[1, 2]"),
         (
             ["model=mlp"],
-            "polyexp: error: model=mlp is not an option; choose from dynamic, legendre3, polynomial3, "
-            "sequential",
+            "polyexp: error: model=mlp is not an option; "
+            "choose from dynamic, legendre3, polynomial3, sequential",
         ),
         (
             ["optimizer=adam"],

@@ -1,0 +1,293 @@
+"""hydra/launcher=batched: a sweep's numeric variants trained as one batch, every job recorded
+as the basic launcher records it, with the same numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.types import RunMode
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+import polyexp
+from conftest import polyexp_cli, runs
+from hydra_plugins.polyexp_batched_launcher._core import Composer
+from polyexp import backends, batched, config, sweep, tracking
+from polyexp.data import make_problem
+from polyexp.loop import History, train
+
+# Hyper-parameters that exercise every term of each rule, three runs a batch.
+MEMBERS = {
+    "manual_sgd": [{"optimizer.lr": v} for v in (1e-6, 2e-6, 3e-6)],
+    "sgd": [
+        {"optimizer.lr": 1e-6, "optimizer.momentum": 0.9, "optimizer.weight_decay": 0.0},
+        {"optimizer.lr": 5e-7, "optimizer.momentum": 0.5, "optimizer.weight_decay": 0.1},
+        {"optimizer.lr": 2e-6, "optimizer.momentum": 0.7, "optimizer.dampening": 0.2},
+    ],
+    "rmsprop": [
+        {"optimizer.lr": 1e-3, "optimizer.momentum": 0.5},
+        {"optimizer.lr": 5e-4, "optimizer.alpha": 0.9, "optimizer.momentum": 0.0},
+        {"optimizer.lr": 1e-3, "optimizer.eps": 1e-6, "optimizer.weight_decay": 0.01},
+    ],
+}
+# RMSprop normalises a gradient of rounding noise to a step of about lr: once a coefficient sits
+# at the optimum (a and c, here 0) two float64 runs that differ in the last bit drift apart by
+# ~lr, whichever launcher or backend (numpy vs torch alone: 1e-3 after 2000 steps at lr 1e-3).
+# So the runs here stop before that (300 steps), as tests/test_reproducibility.py does.
+
+
+def _overrides(backend: str, optimizer: str, model: str, i: int, extra: dict) -> list[str]:
+    return [
+        f"backend={backend}",
+        f"optimizer={optimizer}",
+        f"model={model}",
+        "dtype=float64",
+        "steps=300",
+        "log_every=0",
+        f"seed={i}",
+        *(f"{k}={v}" for k, v in extra.items()),
+    ]
+
+
+def _alone(s: config.Settings) -> tuple[np.ndarray, np.ndarray, int | None]:
+    fit = backends.build(s, make_problem(s))
+    history = History(fit)
+    train(fit, s.steps, history, s.log_every)
+    return history.values()[: history.diverged_at], fit.coefficients(), history.diverged_at
+
+
+def test_the_plugin_is_found_by_hydras_plugin_scan() -> None:
+    names = {c.__name__ for c in Plugins.instance().discover(Launcher)}
+    assert "BatchedLauncher" in names
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "autograd"])
+@pytest.mark.parametrize("optimizer", sorted(MEMBERS))
+@pytest.mark.parametrize("model", ["polynomial3", "sequential"])
+def test_a_batch_trains_each_run_as_it_trains_alone(
+    backend: str, optimizer: str, model: str
+) -> None:
+    cfgs = [
+        polyexp.compose(_overrides(backend, optimizer, model, i, extra))
+        for i, extra in enumerate(MEMBERS[optimizer])
+    ]
+    settings = [config.check(c) for c in cfgs]
+    assert len({batched.group_key(c, s) for c, s in zip(cfgs, settings, strict=True)}) == 1
+    for s, together in zip(settings, batched.train(settings), strict=True):
+        losses, theta, diverged = _alone(s)
+        assert together.diverged_at is diverged is None
+        np.testing.assert_allclose(together.theta, theta, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(together.losses, losses, rtol=1e-9)
+
+
+def test_a_diverging_run_neither_stops_nor_poisons_the_others() -> None:
+    lrs = (1e-6, 1e-3, 2e-6)
+    settings = [
+        config.check(polyexp.compose(["backend=numpy", "dtype=float64", f"optimizer.lr={lr}",
+                                      "optimizer=manual_sgd", "steps=400", "log_every=10"]))
+        for lr in lrs
+    ]  # fmt: skip
+    outcomes = batched.train(settings)
+    for s, together in zip(settings, outcomes, strict=True):
+        losses, theta, diverged = _alone(s)
+        assert together.diverged_at == diverged
+        assert len(together.losses) == len(losses) and np.isfinite(together.losses).all()
+        np.testing.assert_allclose(together.losses, losses, rtol=1e-9)
+        np.testing.assert_array_equal(np.isfinite(together.theta), np.isfinite(theta))
+    assert outcomes[1].diverged_at is not None
+    assert outcomes[0].diverged_at is outcomes[2].diverged_at is None
+    assert len(outcomes[0].losses) == 400
+
+
+def test_jobs_group_by_everything_but_numbers() -> None:
+    def key(*overrides: str) -> str | None:
+        cfg = polyexp.compose(["backend=numpy", *overrides])
+        return batched.group_key(cfg, config.check(cfg))
+
+    base = key()
+    numbers = ("optimizer.lr=2e-6", "seed=3", "init=fixed", "init.coefficients=[0,1,0,0]")
+    assert key(*numbers[:2]) == base
+    assert key(*numbers[2:]) == key("init=fixed", "init.coefficients=[1,2,3,4]", "seed=5")
+    assert key("optimizer.momentum=0.9") == key("optimizer.momentum=0.5", "optimizer.lr=1e-7")
+    assert key("optimizer=rmsprop") == key("optimizer=rmsprop", "optimizer.momentum=0.9")
+    assert key("resume=false") == base  # decides skipping, not the computation
+    for other in (
+        "backend=torch",
+        "model=sequential",
+        "optimizer=rmsprop",
+        "steps=10",
+        "dtype=float64",
+        "data.n=100",
+        "optimizer.momentum=0.9",  # SGD with momentum is another rule than without
+        "log_every=7",  # where a diverging run's own loop would stop
+    ):
+        assert key(other) != base, other
+    cfg = polyexp.compose(["backend=numpy"])
+    other_model = dataclasses.replace(config.check(cfg), model="legendre3")
+    assert batched.group_key(cfg, other_model) is None  # not known to be the linear cubic
+
+
+def test_a_cheaply_composed_job_config_is_the_one_hydra_composes() -> None:
+    with initialize_config_module("polyexp.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra/launcher=batched"], RunMode.MULTIRUN)
+        launcher = type("L", (), {})()
+        launcher.config = master
+        launcher.hydra_context = type("C", (), {"config_loader": loader})()
+        compose = Composer(launcher)
+        jobs = [
+            ["optimizer=sgd", f"optimizer.lr={lr}", f"seed={s}", f"init.coefficients=[{s},1,2,3]"]
+            for lr in (1e-6, 2e-6)
+            for s in (0, 1)
+        ] + [["optimizer=rmsprop", "optimizer.lr=0.1", "seed=0", "init.coefficients=[0,1,2,3]"]]
+        jobs = [["init=fixed", *job] for job in jobs]
+        for job in jobs:
+            ours = compose(job)
+            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(
+                loader.load_sweep_config(master, job)
+            )
+        assert len(compose.composed) == 1  # one shape of overrides: composed by Hydra twice
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "autograd"])
+def test_a_batch_on_cuda_matches_the_cpu(backend: str) -> None:
+    def outcomes(device: str) -> list:
+        settings = [
+            config.check(polyexp.compose([f"backend={backend}", f"device={device}", f"seed={i}",
+                                          "dtype=float64", "optimizer=rmsprop", "steps=300"]))
+            for i in range(4)
+        ]  # fmt: skip
+        return batched.train(settings)
+
+    for gpu, cpu in zip(outcomes("cuda"), outcomes("cpu"), strict=True):
+        assert gpu.device.startswith("cuda")
+        np.testing.assert_allclose(gpu.theta, cpu.theta, rtol=0, atol=1e-9)
+
+
+# --- end to end: the same sweep through the basic launcher and through batched -----------------
+
+SWEEP = (
+    "-m",
+    "backend=numpy,torch,autograd",
+    "optimizer=manual_sgd,sgd,rmsprop",
+    "seed=0,1",
+    "dtype=float64",
+    "steps=200",
+    "log_every=0",
+)
+ARTIFACTS = {
+    "config.yaml",
+    "overrides.yaml",
+    "result.json",
+    "parameters.npz",
+    "loss.png",
+    "fit.png",
+}
+
+
+def _children(client: MlflowClient) -> dict[tuple[str, str, str], object]:
+    found = [r for r in runs(client) if sweep.PARENT_TAG in r.data.tags]
+    parents = {r.data.tags[sweep.PARENT_TAG] for r in found}
+    assert len(parents) == 1
+    return {
+        (r.data.tags["backend"], r.data.tags["optimizer"], r.data.params["seed"]): r for r in found
+    }
+
+
+@pytest.mark.slow
+def test_a_batched_sweep_records_what_the_basic_launcher_records(
+    store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = polyexp_cli(*SWEEP, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    basic = _children(store)
+
+    # The same sweep, batched, into an experiment of its own (else resume would skip it all).
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", os.environ["MLFLOW_EXPERIMENT_NAME"] + "-b")
+    (tmp_path / "b").mkdir()
+    done = polyexp_cli("-m", "hydra/launcher=batched", *SWEEP[1:], cwd=tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Result:") == 18
+    assert "trained 2 jobs as one batch" in done.stdout + done.stderr
+    ours = _children(store)
+    assert set(ours) == set(basic) and len(ours) == 18
+
+    for key, run in ours.items():
+        twin = basic[key]
+        for name in ("a", "b", "c", "d"):
+            assert run.data.metrics[name] == pytest.approx(twin.data.metrics[name], abs=1e-9)
+        np.testing.assert_allclose(
+            tracking.loss_history(store, run.info.run_id),
+            tracking.loss_history(store, twin.info.run_id),
+            rtol=1e-9,
+        )
+        assert run.data.params == twin.data.params
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["sweep.batch_size"] == "2"
+        # threads.* name the pools loaded when a run is recorded: in a batched sweep torch may
+        # be loaded already when a numpy job is recorded.
+        extra = {
+            k for k in set(run.data.tags) - set(twin.data.tags) if not k.startswith("threads.")
+        }
+        assert extra == {"sweep.batch_size"}
+        assert run.data.tags["config_hash"] == twin.data.tags["config_hash"]
+        assert {a.path for a in store.list_artifacts(run.info.run_id)} == ARTIFACTS
+
+    # Each job has its own Hydra folder with its own overrides, as with the basic launcher.
+    (sweep_dir,) = (tmp_path / "b" / "outputs" / "multirun").glob("*/*")
+    for run in ours.values():
+        hydra = sweep_dir / run.data.tags["sweep.job"] / ".hydra"
+        assert {p.name for p in hydra.iterdir()} >= {"config.yaml", "hydra.yaml", "overrides.yaml"}
+        assert f"seed={run.data.params['seed']}" in OmegaConf.load(hydra / "overrides.yaml")
+        assert OmegaConf.load(hydra / "config.yaml").backend.name == run.data.tags["backend"]
+
+    # Again: every job is skipped, and nothing new is recorded.
+    again = polyexp_cli("-m", "hydra/launcher=batched", *SWEEP[1:], cwd=tmp_path / "b")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped: the same config already FINISHED") == 18
+    assert len([r for r in runs(store) if sweep.PARENT_TAG in r.data.tags]) == 18
+
+
+@pytest.mark.slow
+def test_a_batched_sweep_with_a_refused_and_a_diverging_job_still_completes(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    done = polyexp_cli(
+        "-m",
+        "hydra/launcher=batched",
+        "backend=numpy",
+        "model=polynomial3,sequential",  # two groups
+        "optimizer=manual_sgd",
+        "optimizer.lr=-1,1e-3,1e-6",  # refused, diverges, finishes
+        "steps=300",
+        "log_every=10",
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "optimizer.lr=-1: expected a number > 0" in done.stderr
+    found = runs(store)
+    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in found if sweep.PARENT_TAG in r.data.tags]
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["jobs"] == 6
+    assert parent.data.metrics["jobs_failed"] == 2
+    assert parent.data.metrics["jobs_diverged"] == 2
+    assert {r.data.tags["sweep.batch_size"] for r in children} == {"2"}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        diverged = run.data.params["optimizer.lr"] == "0.001"
+        assert (run.data.tags.get("diverged") == "true") is diverged
+        if diverged:
+            step = int(run.data.tags["diverged_step"])
+            assert len(store.get_metric_history(run.info.run_id, "loss")) == step
