@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -40,6 +41,12 @@ def runs(client: MlflowClient) -> list:
         return []
     found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     return list(found)
+
+
+def default_sigint() -> None:
+    """For a child that must take Ctrl-C: a background job of a non-interactive shell (how CI
+    steps often run) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def polyexp_cli(

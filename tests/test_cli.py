@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED, polyexp_cli, runs
+from conftest import SHARED, default_sigint, polyexp_cli, runs
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,7 @@ def test_ctrl_c_or_sigterm_ends_the_run_killed_with_the_steps_so_far(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # a shell's background job would ignore it
     )
     try:
         deadline = time.monotonic() + 120

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import polyexp_cli, runs
+from conftest import default_sigint, polyexp_cli, runs
 from polyexp import backends, config, sweep
 from polyexp.data import make_problem
 from polyexp.loop import History, train
@@ -261,6 +261,7 @@ def test_ctrl_c_or_sigterm_ends_the_sweep_killed_parent_and_child_alike(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # a shell's background job would ignore it
     )
     deadline = time.monotonic() + 120
     while len(runs(store)) < 2 and time.monotonic() < deadline:  # the parent and job 0's run
