@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -44,23 +46,48 @@ def one_line(error: Exception) -> str:
     return " ".join(line for line in lines if line and not line.startswith(_DETAIL))
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) takes Ctrl-C's path: the run ends KILLED with
+    every step so far, a sweep's parent too."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     # Hydra prints composition errors over several lines; unless the user asked for Hydra's
     # full errors, let them through and print them in one line instead.
     condense = "HYDRA_FULL_ERROR" not in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         _main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # The run is already recorded as KILLED with every step computed so far.
         sweep.close_open("KILLED")
-        sys.exit("polyexp: interrupted")
+        sys.exit(
+            f"polyexp: interrupted by {str(interrupt) or 'Ctrl-C'}: runs in progress end KILLED"
+        )
     except BaseException as error:
         # Hydra re-raises a failed job at the end of a sweep, so on_multirun_end never runs:
         # the sweep's parent run is closed here.
         sweep.close_open("FAILED")
-        if condense and isinstance(error, HydraException | OmegaConfBaseException):
-            sys.exit(f"polyexp: error: {one_line(error)}")
-        if condense and isinstance(error, ConfigError):  # a job of a sweep refused its config
-            sys.exit(f"polyexp: error: {error}")
-        raise
+        cause = error.__cause__ if isinstance(error, sweep.SweepAborted) else error
+        line = explain(cause) if condense and isinstance(cause, Exception) else None
+        if line is None:
+            raise
+        sys.exit(f"polyexp: error: {line}")
+
+
+def explain(error: Exception) -> str | None:
+    """One line for the errors a user can fix (a bad value, a store or folder polyexp cannot
+    use); None for the rest, which keep their traceback."""
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        return one_line(error)
+    if isinstance(error, ConfigError):  # a job of a sweep refused its config or its store
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        # Hydra could not make its run folder (a read-only outputs folder, a file in the way).
+        return (
+            f"cannot write {os.path.abspath(error.filename)} ({error.strerror}); the outputs "
+            "folder (hydra.run.dir, hydra.sweep.dir) must be a writable folder"
+        )
+    return None

@@ -15,7 +15,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Run
@@ -23,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from polyexp import models, tracking
+from polyexp import models, store, tracking
 from polyexp.config import ConfigError
 
 PROG = "polyexp-rerun"
@@ -71,8 +70,8 @@ def source_run(client: MlflowClient, run_id: str) -> Run:
 
 def open_store() -> MlflowClient:
     uri = tracking.tracking_uri()
-    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if db is not None and not Path(db).is_file():  # MLflow would quietly create an empty one
+    db = store.sqlite_path(uri)
+    if db is not None and not db.is_file():  # MLflow would quietly create an empty one
         raise CannotRerun(f"no MLflow store at {db} (set MLFLOW_TRACKING_URI)")
     return MlflowClient(uri)
 

@@ -65,10 +65,22 @@ class Job:
 _open: dict[str, Parent] = {}  # parents this process opened and has not closed yet
 
 
+class SweepAborted(BaseException):
+    """The sweep cannot start (its store or its folder cannot be used); the cause says why.
+    A BaseException, because Hydra only warns about a callback's Exception and would then run
+    every job without a parent."""
+
+
 class SweepCallback(Callback):
     """Registered under hydra.callbacks in conf/config.yaml."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._open_parent(config)
+        except Exception as error:
+            raise SweepAborted(str(error)) from error
+
+    def _open_parent(self, config: DictConfig) -> None:
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
 

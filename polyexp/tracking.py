@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+
+from polyexp import store
 
 DEFAULT_EXPERIMENT = "polyexp"
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
@@ -38,16 +41,12 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
     # Artifacts of an SQLite store live beside the database, never in a stray ./mlruns.
-    db = _sqlite_path(uri)
+    db = store.sqlite_path(uri)
     location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
     try:
         return str(client.create_experiment(name, artifact_location=location))
@@ -86,14 +85,22 @@ def loss_history(client: MlflowClient, run_id: str) -> np.ndarray:
     return np.array([m.value for m in history], dtype=np.float64)
 
 
+def load_parameters(client: MlflowClient, run_id: str) -> dict[str, np.ndarray]:
+    """A run's trained parameters (its `parameters.npz`, under the model's state_dict names),
+    read without pickle: a file holding pickled objects is refused (ValueError), never run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "parameters.npz", tmp)
+        with np.load(path, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
+
+
 def open_store() -> tuple[MlflowClient, str]:
-    """A client on the store and the experiment's id, creating both when they do not exist yet."""
+    """A client on the store and the experiment's id, creating both when they do not exist yet.
+    Raises store.StoreError (one line) within seconds when the store cannot be used."""
     uri = tracking_uri()
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
-    return client, _experiment_id(client, experiment_name(), uri)
+    with store.reaching(uri):
+        client = MlflowClient(uri)
+        return client, _experiment_id(client, experiment_name(), uri)
 
 
 @contextmanager

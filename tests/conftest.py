@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,19 @@ def runs(client: MlflowClient) -> list:
     return list(found)
 
 
-def polyexp_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`python -m polyexp ARGS` in a real process (the test store comes through the env)."""
+def default_sigint() -> None:
+    """For a child that must take Ctrl-C: a background job of a non-interactive shell (how CI
+    steps often run) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def polyexp_cli(
+    *args: str, cwd: Path, timeout: float = 300, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`python -m polyexp ARGS` in a real process (the test store comes through the env);
+    `prefix` runs it through another command, e.g. setpriv as another user."""
     return subprocess.run(
-        [sys.executable, "-m", "polyexp", *args],
+        [*prefix, sys.executable, "-m", "polyexp", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

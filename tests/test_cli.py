@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED, polyexp_cli, runs
+from conftest import SHARED, default_sigint, polyexp_cli, runs
 
 pytestmark = pytest.mark.slow
 
@@ -75,44 +75,9 @@ def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_pa
     assert len(combos) == 9
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["steps=0"], "polyexp: error: steps=0: expected a whole number >= 1"),
-        (["optimizer.lr=-1"], "polyexp: error: optimizer.lr=-1: expected a number > 0"),
-        (
-            ["backend=numpy", "device=cuda"],
-            "polyexp: error: device='cuda' cannot run backend=numpy",
-        ),
-        (["init=fixed", "init.coefficients=[1,2]"], "polyexp: error: init.coefficients=[1, 2]"),
-        (
-            ["model=mlp"],
-            "polyexp: error: model=mlp is not an option; "
-            "choose from dynamic, legendre3, polynomial3, sequential",
-        ),
-        (
-            ["optimizer=adam"],
-            "polyexp: error: optimizer=adam is not an option; choose from manual_sgd",
-        ),
-        (
-            ["stepz=5"],
-            "polyexp: error: Could not override 'stepz'. To append to your config use +stepz=5",
-        ),
-        (["steps=[1"], "polyexp: error: cannot parse the override 'steps=[1'"),
-    ],
-)
-def test_bad_input_is_one_line_and_records_nothing(
-    args: list[str], message: str, store: MlflowClient, tmp_path: Path
-) -> None:
-    done = polyexp_cli(*args, cwd=tmp_path)
-    assert done.returncode != 0
-    assert done.stderr.strip().startswith(message)
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert runs(store) == []
-
-
-def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
-    store: MlflowClient, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_run_killed_with_the_steps_so_far(
+    stop: signal.Signals, store: MlflowClient, tmp_path: Path
 ) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "polyexp", "backend=numpy", "steps=100000000", "log_every=0"],
@@ -120,17 +85,22 @@ def test_ctrl_c_ends_the_run_killed_with_the_steps_so_far(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # a shell's background job would ignore it
     )
     try:
         deadline = time.monotonic() + 120
         while not runs(store) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)  # let it train a while
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()  # never leave it running if the test fails
     assert process.returncode != 0
+    name = "Ctrl-C" if stop == signal.SIGINT else "SIGTERM"
+    assert stderr.strip().splitlines()[-1] == (
+        f"polyexp: interrupted by {name}: runs in progress end KILLED"
+    ), stderr
     assert "Traceback" not in stderr
     (run,) = runs(store)
     assert run.info.status == "KILLED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import runs
+from polyexp import tracking
 from polyexp.config import ConfigError
 
 
@@ -68,6 +70,40 @@ def test_artifacts_hold_config_overrides_result_parameters_and_plots(store: Mlfl
         assert saved["0.weight"].shape == (1, 3)
     for plot in ("loss.png", "fit.png"):
         assert files[plot].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Payload:
+    """Pickled, it runs `open(path, "w")` when unpickled: the code a malicious file would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_parameters_read_back_as_plain_arrays_and_pickles_are_refused(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    result = polyexp.run(["backend=numpy", "steps=5", "log_every=0"])
+    saved = tracking.load_parameters(store, result.run_id)
+    assert {k: float(v) for k, v in saved.items()} == result.coefficients  # polynomial3: a..d
+
+    # A parameters.npz that smuggles a pickled object into a run's artifacts is refused.
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil" / "parameters.npz"
+    evil.parent.mkdir()
+    np.savez(evil, a=np.array([_Payload(marker)], dtype=object))
+    experiment = store.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    run = store.create_run(experiment.experiment_id)
+    store.log_artifact(run.info.run_id, str(evil))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        tracking.load_parameters(store, run.info.run_id)
+    assert not marker.exists()
+    # The payload is real: a pickle-permitting load would have run it.
+    with np.load(evil, allow_pickle=True) as unsafe:
+        unsafe["a"]
+    assert marker.exists()
 
 
 def test_a_bad_value_records_nothing(store: MlflowClient) -> None:

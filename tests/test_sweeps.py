@@ -15,13 +15,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import polyexp_cli, runs
+from conftest import default_sigint, polyexp_cli, runs
 from polyexp import backends, config, sweep
 from polyexp.data import make_problem
 from polyexp.loop import History, train
 
 FAST = ("backend=numpy", "steps=30", "log_every=0")
 FOREVER = ("steps=100000000", "log_every=0")
+WRITERS = 16  # parallel jobs writing to one SQLite store at once
+ARTIFACTS = {
+    *("config.yaml", "overrides.yaml", "result.json", "parameters.npz", "loss.png", "fit.png")
+}
 
 
 def split(found: list) -> tuple[list, list]:
@@ -166,7 +170,7 @@ def test_a_failed_job_fails_the_parent_and_the_sweep_goes_on(
 
 
 @pytest.mark.slow
-def test_joblib_runs_eight_parallel_jobs_on_a_fresh_store(
+def test_sixteen_parallel_writers_on_a_fresh_sqlite_store_lose_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"  # not even its folder exists yet
@@ -175,8 +179,8 @@ def test_joblib_runs_eight_parallel_jobs_on_a_fresh_store(
     done = polyexp_cli(
         "-m",
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=8",
-        "seed=range(8)",
+        f"hydra.launcher.n_jobs={WRITERS}",
+        f"seed=range({WRITERS})",
         *FAST,
         cwd=tmp_path,
     )
@@ -186,13 +190,19 @@ def test_joblib_runs_eight_parallel_jobs_on_a_fresh_store(
     (experiment,) = [e for e in client.search_experiments() if e.name == "joblib"]
     found = list(client.search_runs([experiment.experiment_id]))
     (parent,), children = split(found)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 8
-    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == WRITERS
+    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(WRITERS))
     assert {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.tags[sweep.PARENT_TAG] for r in children} == {parent.info.run_id}
-    # Each job ran in a worker process, not in the launching one.
+    # Each job ran in a worker process, not in the launching one, at the same time as others.
     pids = {r.data.tags["sweep.pid"] for r in children}
-    assert parent.data.tags["sweep.pid"] not in pids
+    assert parent.data.tags["sweep.pid"] not in pids and len(pids) > 1
+    # Nothing lost: every step's loss, every final number and every artifact of every job.
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(30))
+        assert {"final_loss", "a", "b", "c", "d"} <= set(child.data.metrics)
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} == ARTIFACTS
 
 
 @pytest.mark.slow
@@ -241,8 +251,9 @@ def test_optuna_searches_past_diverging_trials(store: MlflowClient, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_sweep_killed_parent_and_child_alike(
-    store: MlflowClient, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_sweep_killed_parent_and_child_alike(
+    stop: signal.Signals, store: MlflowClient, tmp_path: Path
 ) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "polyexp", "-m", "seed=0,1", "backend=numpy", *FOREVER],
@@ -250,14 +261,17 @@ def test_ctrl_c_ends_the_sweep_killed_parent_and_child_alike(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # a shell's background job would ignore it
     )
     deadline = time.monotonic() + 120
     while len(runs(store)) < 2 and time.monotonic() < deadline:  # the parent and job 0's run
         time.sleep(0.2)
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
+    assert "Traceback" not in stderr
     (parent,), (child,) = split(runs(store))
     assert parent.info.status == "KILLED"
     assert child.info.status == "KILLED" and child.data.params["seed"] == "0"
+    assert len(store.get_metric_history(child.info.run_id, "loss")) > 0  # its steps so far

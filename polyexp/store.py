@@ -1,0 +1,133 @@
+"""Reaching the MLflow store before any run is opened: fail in seconds, in one line, or not at all.
+
+MLflow's own defaults are patient: an HTTP client retries a server that is down for about four
+minutes, and an SQLite store it cannot open or that another process holds locked is retried for
+about two. `reaching` checks the store up front with short limits instead and turns every
+failure into a `StoreError` naming the URI and what to do; once the store answers, the run
+itself writes with MLflow's patient defaults again, so a short blip of the server mid-run is
+ridden out rather than lost.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from polyexp.config import ConfigError
+
+# The HTTP client's limits while reaching the store (a value the user set wins): a closed port
+# fails in ~2 s, a server that accepts and never answers in ~8 s (measured, DESIGN.md).
+FAST_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+}
+SQLITE_BUSY_SECONDS = 5.0  # how long to wait for another process's lock on an SQLite store
+SERVER_HINT = "for many writers use a tracking server (README: Sharing a tracking server)"
+
+
+class StoreError(ConfigError):
+    """The tracking store cannot be used; the message is one line naming the URI."""
+
+
+def describe(uri: str) -> str:
+    """How the user named the store: the variable they set, or polyexp's default."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return f"MLFLOW_TRACKING_URI={uri}"
+    return f"the default store {uri}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+# What the HTTP client's long messages boil down to.
+_CAUSES = (
+    ("Connection refused", "connection refused: nothing listens there"),
+    ("timed out", "no answer within the time limit"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host"),
+)
+
+
+def first_line(error: BaseException) -> str:
+    """The gist of an error in under 200 characters."""
+    text = str(error)
+    for needle, cause in _CAUSES:
+        if needle in text:
+            return cause
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+@contextmanager
+def fast_http() -> Iterator[None]:
+    """MLflow's HTTP client with FAST_HTTP's limits for the span of the block (it reads them on
+    every request); variables the user set are left alone."""
+    added = {k: v for k, v in FAST_HTTP.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def check_sqlite(uri: str, db: Path) -> None:
+    """Refuses, in one line, an SQLite store that MLflow would retry for minutes: a folder that
+    cannot be made, a file this user cannot read and write, a database another process holds
+    locked (after SQLITE_BUSY_SECONDS), a file that is not a database."""
+    name = describe(uri)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(
+            f"{name}: cannot create the store's folder {db.parent} ({error.strerror}); "
+            "choose a path in a writable folder"
+        ) from None
+    if not os.access(db.parent, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"{name}: the folder {db.parent} is not writable by this user; "
+            "choose a writable folder or fix its permissions"
+        )
+    if not db.exists():
+        return  # MLflow creates it
+    if not db.is_file() or not os.access(db, os.R_OK | os.W_OK):
+        raise StoreError(
+            f"{name}: {db} is not a file this user can read and write; "
+            "fix its permissions or choose another store"
+        )
+    try:
+        with sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True, timeout=SQLITE_BUSY_SECONDS) as c:
+            c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        if "locked" in str(error) or "busy" in str(error):
+            raise StoreError(
+                f"{name}: the database is locked by another process (waited "
+                f"{SQLITE_BUSY_SECONDS:g} s); end that process or, {SERVER_HINT}"
+            ) from None
+        raise StoreError(f"{name}: cannot open the database ({first_line(error)})") from None
+
+
+@contextmanager
+def reaching(uri: str) -> Iterator[None]:
+    """`with reaching(uri): <the first calls to the store>`: checks an SQLite store's file first,
+    gives an HTTP client short limits, and turns any failure into a StoreError."""
+    db = sqlite_path(uri)
+    if db is not None:
+        check_sqlite(uri, db)
+    try:
+        with fast_http():
+            yield
+    except StoreError:
+        raise
+    except Exception as error:
+        what = "cannot reach the tracking server" if uri.startswith("http") else "cannot open it"
+        raise StoreError(
+            f"{describe(uri)}: {what} ({first_line(error)}); start the server or set "
+            "MLFLOW_TRACKING_URI to a store that exists (README: Sharing a tracking server)"
+        ) from None
