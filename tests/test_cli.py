@@ -61,18 +61,18 @@ def test_the_console_script_runs_a_preset(store: MlflowClient, tmp_path: Path) -
 def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_path: Path) -> None:
     done = polyexp_cli(
         "-m",
-        "optimizer=manual_sgd,sgd,rmsprop",
-        "backend=numpy,torch,autograd",
+        "optimizer=manual_sgd,rmsprop",
+        "backend=numpy,autograd",
         "steps=5",
         "log_every=0",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     found = [r for r in runs(store) if "mlflow.parentRunId" in r.data.tags]  # the jobs' runs
-    assert len(found) == 9
+    assert len(found) == 4
     assert {r.info.status for r in found} == {"FINISHED"}
     combos = {(r.data.tags["optimizer"], r.data.tags["backend"]) for r in found}
-    assert len(combos) == 9
+    assert len(combos) == 4
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

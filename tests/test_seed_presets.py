@@ -27,14 +27,11 @@ def test_preset_matches_the_seed_program_step_for_step(preset: str, store) -> No
     rtol = 1e-12 if preset in FLOAT64 else 1e-5  # float32: rounding of x, sin(x) and sums differs
     np.testing.assert_allclose(result.losses, seed_losses, rtol=rtol)
     np.testing.assert_allclose(list(result.coefficients.values()), seed_final, rtol=rtol, atol=1e-7)
+    if preset == "seed_optim":  # at the seed's lr 1e-6 RMSprop barely moves: the defect we keep
+        assert result.losses[-1] > 1000
 
 
-def test_seed_optim_stays_faithful_to_the_seeds_slow_rmsprop(store) -> None:
-    """At the seed's lr 1e-6 RMSprop barely moves (the defect we keep, and document)."""
-    result = polyexp.run(
-        ["experiment=seed_optim", "init=fixed", f"init.coefficients={INIT}", "log_every=0"]
-    )
-    assert result.losses[-1] > 1000
+def test_seed_optim_converges_at_the_tutorials_own_lr(store) -> None:
     converging = polyexp.run(
         [
             "experiment=seed_optim",
