@@ -53,16 +53,8 @@ class LegendreP3(torch.autograd.Function):
         return grad_output * models.dp3(z)
 
 
-class Legendre3(torch.nn.Module):
-    """y = a + b P3(c + d x), four scalar Parameters, as in the tutorial."""
-
-    def __init__(self, coefficients: torch.Tensor) -> None:
-        super().__init__()
-        a, b, c, d = coefficients
-        self.a = torch.nn.Parameter(a.clone())
-        self.b = torch.nn.Parameter(b.clone())
-        self.c = torch.nn.Parameter(c.clone())
-        self.d = torch.nn.Parameter(d.clone())
+class Legendre3(Polynomial3):
+    """y = a + b P3(c + d x): Polynomial3's four scalar Parameters, the tutorial's forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.a + self.b * LegendreP3.apply(self.c + self.d * x)
