@@ -266,7 +266,7 @@ def test_ctrl_c_or_sigterm_ends_the_sweep_killed_parent_and_child_alike(
     deadline = time.monotonic() + 120
     while len(runs(store)) < 2 and time.monotonic() < deadline:  # the parent and job 0's run
         time.sleep(0.2)
-    time.sleep(0.5)
+    time.sleep(0.3)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
