@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,7 +36,7 @@ def _figure(layout: tuple[object, ...], build: Callable[[Any], list[Line2D]]) ->
 def _save(fig: Figure, ax: Any, path: Path) -> None:
     ax.relim()
     ax.autoscale_view()
-    fig.canvas.print_png(path)
+    cast(FigureCanvasAgg, fig.canvas).print_png(path)
 
 
 def loss_curve(losses: np.ndarray, path: Path) -> None:
