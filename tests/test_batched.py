@@ -157,6 +157,21 @@ def test_a_cheaply_composed_job_config_is_the_one_hydra_composes() -> None:
             )
         assert len(compose.composed) == 1  # one shape of overrides: composed by Hydra twice
 
+        # Installed, it answers the sweeper's validation and keeps each config for the launch.
+        compose = Composer(launcher)
+        compose.install()
+        hydra_calls: list[list[str]] = []
+        hydra = compose.hydra
+        compose.hydra = lambda m, o: hydra_calls.append(o) or hydra(m, o)  # type: ignore
+        for job in jobs:
+            validated = loader.load_sweep_config(master, job)
+            assert OmegaConf.to_yaml(validated) == OmegaConf.to_yaml(hydra(master, job))
+        assert len(hydra_calls) == 2
+        kept = dict(compose.kept)
+        for job in jobs:
+            assert compose.take(job) is kept[tuple(job)]
+        assert not compose.kept and len(hydra_calls) == 2  # nothing composed a second time
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
