@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,7 +88,41 @@ def _draw(
     fit_against_target(x, y, curves, folder / "fit.png")
 
 
-_worker: ProcessPoolExecutor | None = None
+def _serve(requests: Connection) -> None:
+    """The worker's loop: draw what comes, answer None or the error, until the pipe closes."""
+    while True:
+        try:
+            job = requests.recv()
+        except EOFError:
+            return
+        try:
+            _draw(*job)
+            requests.send(None)
+        except Exception as error:
+            requests.send(f"{type(error).__name__}: {error}")
+
+
+class _Worker:
+    """One forked daemon process that draws, one request at a time. Daemon: at exit
+    multiprocessing ends it instead of waiting for it (a joblib worker would wait forever)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.pipe, theirs = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(theirs,), name="polyexp-plots", daemon=True
+        )
+        self.process.start()
+        theirs.close()
+        self.owner = os.getpid()  # a forked child of this process starts its own
+        self.pending = 0  # requests sent whose answer is not read yet
+
+    def answer(self) -> str | None:
+        self.pending -= 1
+        return cast("str | None", self.pipe.recv())
+
+
+_worker: _Worker | None = None
 
 
 def draw_in_background(
@@ -111,16 +145,22 @@ def draw_in_background(
     curves = {k: v[::stride] for k, v in curves.items()}
     sys.stdout.flush()  # or a forked child would print what is still buffered here a second time
     sys.stderr.flush()
-    if _worker is None:
-        _worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-    drawn = _worker.submit(_draw, losses, x[::stride], y[::stride], curves, folder)
+    if _worker is None or _worker.owner != os.getpid() or not _worker.process.is_alive():
+        _worker = _Worker()
+    worker = _worker
+    while worker.pending:  # the answer to a request whose run never waited for it
+        worker.answer()
+    worker.pipe.send((losses, x[::stride], y[::stride], curves, folder))
+    worker.pending += 1
 
     def wait() -> None:
         global _worker
         try:
-            drawn.result()
-        except BrokenProcessPool as error:  # the worker died: the next run starts another
+            error = worker.answer()
+        except (EOFError, OSError) as lost:  # the worker died: the next run starts another
             _worker = None
-            raise RuntimeError(f"drawing the plots failed: {error}") from error
+            raise RuntimeError(f"drawing the plots failed: the worker ended ({lost})") from lost
+        if error is not None:
+            raise RuntimeError(f"drawing the plots failed: {error}")
 
     return wait

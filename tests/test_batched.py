@@ -42,7 +42,7 @@ MEMBERS = {
 # RMSprop normalises a gradient of rounding noise to a step of about lr: once a coefficient sits
 # at the optimum (a and c, here 0) two float64 runs that differ in the last bit drift apart by
 # ~lr, whichever launcher or backend (numpy vs torch alone: 1e-3 after 2000 steps at lr 1e-3).
-# So the runs here stop before that (300 steps), as tests/test_reproducibility.py does.
+# So the runs here stop before that (150 steps), as tests/test_reproducibility.py does.
 
 
 def _overrides(backend: str, optimizer: str, model: str, i: int, extra: dict) -> list[str]:
@@ -51,7 +51,7 @@ def _overrides(backend: str, optimizer: str, model: str, i: int, extra: dict) ->
         f"optimizer={optimizer}",
         f"model={model}",
         "dtype=float64",
-        "steps=300",
+        "steps=150",
         "log_every=0",
         f"seed={i}",
         *(f"{k}={v}" for k, v in extra.items()),

@@ -61,4 +61,22 @@ def test_the_background_worker_is_kept_across_runs(tmp_path: Path) -> None:
         plots.draw_in_background(LOSSES, X, np.sin(X), FIT, tmp_path / name)()
         assert (tmp_path / name / "fit.png").stat().st_size > 1000
     worker = plots._worker
-    assert worker is not None and len(worker._processes) == 1
+    assert worker is not None and worker.process.is_alive()
+
+
+def _draw_and_exit(folder: Path) -> None:
+    plots.draw_in_background(LOSSES, X, np.sin(X), FIT, folder)()
+
+
+def test_a_process_that_multiprocessing_started_still_exits(tmp_path: Path) -> None:
+    # As a joblib worker: multiprocessing joins every child of such a process when it ends.
+    import multiprocessing
+
+    plots.draw_in_background(LOSSES, X, np.sin(X), FIT, tmp_path)()  # a worker here, too
+    child = multiprocessing.get_context("fork").Process(target=_draw_and_exit, args=(tmp_path,))
+    child.start()
+    child.join(timeout=60)
+    stuck = child.is_alive()
+    if stuck:
+        child.kill()
+    assert not stuck and child.exitcode == 0
