@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
@@ -89,7 +90,13 @@ def _draw(
 
 
 def _serve(requests: Connection) -> None:
-    """The worker's loop: draw what comes, answer None or the error, until the pipe closes."""
+    """The worker's loop: draw what comes, answer None or the error, until the pipe closes.
+    Signal handlers of the process it was forked from (submitit's SIGTERM handler, which only
+    logs) would keep it alive when multiprocessing ends it at exit: back to the defaults, and
+    Ctrl-C is for the process it serves."""
+    for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(number, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             job = requests.recv()

@@ -80,3 +80,21 @@ def test_a_process_that_multiprocessing_started_still_exits(tmp_path: Path) -> N
     if stuck:
         child.kill()
     assert not stuck and child.exitcode == 0
+
+
+def test_the_worker_ends_on_sigterm_whatever_handler_it_was_forked_with(tmp_path: Path) -> None:
+    # submitit's job process handles SIGTERM by logging it; multiprocessing ends daemons with it.
+    import signal
+
+    old = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        plots._worker = None
+        plots.draw_in_background(LOSSES, X, np.sin(X), FIT, tmp_path)()
+        worker = plots._worker
+        assert worker is not None
+        worker.process.terminate()
+        worker.process.join(timeout=30)
+        assert worker.process.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        plots._worker = None
