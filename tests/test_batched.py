@@ -42,7 +42,7 @@ MEMBERS = {
 # RMSprop normalises a gradient of rounding noise to a step of about lr: once a coefficient sits
 # at the optimum (a and c, here 0) two float64 runs that differ in the last bit drift apart by
 # ~lr, whichever launcher or backend (numpy vs torch alone: 1e-3 after 2000 steps at lr 1e-3).
-# So the runs here stop before that (300 steps), as tests/test_reproducibility.py does.
+# So the runs here stop before that (150 steps), as tests/test_reproducibility.py does.
 
 
 def _overrides(backend: str, optimizer: str, model: str, i: int, extra: dict) -> list[str]:
@@ -51,7 +51,7 @@ def _overrides(backend: str, optimizer: str, model: str, i: int, extra: dict) ->
         f"optimizer={optimizer}",
         f"model={model}",
         "dtype=float64",
-        "steps=300",
+        "steps=150",
         "log_every=0",
         f"seed={i}",
         *(f"{k}={v}" for k, v in extra.items()),
@@ -157,6 +157,21 @@ def test_a_cheaply_composed_job_config_is_the_one_hydra_composes() -> None:
             )
         assert len(compose.composed) == 1  # one shape of overrides: composed by Hydra twice
 
+        # Installed, it answers the sweeper's validation and keeps each config for the launch.
+        compose = Composer(launcher)
+        compose.install()
+        hydra_calls: list[list[str]] = []
+        hydra = compose.hydra
+        compose.hydra = lambda m, o: hydra_calls.append(o) or hydra(m, o)  # type: ignore
+        for job in jobs:
+            validated = loader.load_sweep_config(master, job)
+            assert OmegaConf.to_yaml(validated) == OmegaConf.to_yaml(hydra(master, job))
+        assert len(hydra_calls) == 2
+        kept = dict(compose.kept)
+        for job in jobs:
+            assert compose.take(job) is kept[tuple(job)]
+        assert not compose.kept and len(hydra_calls) == 2  # nothing composed a second time
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -175,10 +190,9 @@ def test_a_batch_on_cuda_matches_the_cpu(backend: str) -> None:
         np.testing.assert_allclose(gpu.theta, cpu.theta, rtol=0, atol=1e-9)
 
 
-# --- end to end: the same sweep through the basic launcher and through batched -----------------
+# --- end to end: a batched sweep through the command line ------------------------------------
 
 SWEEP = (
-    "-m",
     "backend=numpy,torch,autograd",
     "optimizer=manual_sgd,sgd,rmsprop",
     "seed=0,1",
@@ -209,54 +223,67 @@ def _children(client: MlflowClient) -> dict[tuple[str, str, str], object]:
 def test_a_batched_sweep_records_what_the_basic_launcher_records(
     store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    done = polyexp_cli(*SWEEP, cwd=tmp_path)
+    # The basic launcher's record of two of the jobs: what every batched job must look like.
+    # (The numbers of all 18 are checked against runs trained alone, in this process.)
+    one = ("backend=numpy,autograd", "optimizer=sgd", "seed=1", *SWEEP[3:])
+    done = polyexp_cli("-m", *one, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     basic = _children(store)
+    assert len(basic) == 2
 
-    # The same sweep, batched, into an experiment of its own (else resume would skip it all).
+    # The whole sweep, batched, into an experiment of its own (else resume would skip those).
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", os.environ["MLFLOW_EXPERIMENT_NAME"] + "-b")
     (tmp_path / "b").mkdir()
-    done = polyexp_cli("-m", "hydra/launcher=batched", *SWEEP[1:], cwd=tmp_path / "b")
+    done = polyexp_cli("-m", "hydra/launcher=batched", *SWEEP, cwd=tmp_path / "b")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("Result:") == 18
     assert "trained 2 jobs as one batch" in done.stdout + done.stderr
     ours = _children(store)
-    assert set(ours) == set(basic) and len(ours) == 18
+    assert len(ours) == 18
+    (sweep_dir,) = (tmp_path / "b" / "outputs" / "multirun").glob("*/*")
 
-    for key, run in ours.items():
-        twin = basic[key]
-        for name in ("a", "b", "c", "d"):
-            assert run.data.metrics[name] == pytest.approx(twin.data.metrics[name], abs=1e-9)
-        np.testing.assert_allclose(
-            tracking.loss_history(store, run.info.run_id),
-            tracking.loss_history(store, twin.info.run_id),
-            rtol=1e-9,
-        )
-        assert run.data.params == twin.data.params
+    for (backend, optimizer, seed), run in ours.items():
+        overrides = [f"backend={backend}", f"optimizer={optimizer}", f"seed={seed}", *SWEEP[3:]]
+        cfg = polyexp.compose(overrides)
+        losses, theta, diverged = _alone(config.check(cfg))
+        assert diverged is None
+        for i, name in enumerate(("a", "b", "c", "d")):
+            assert run.data.metrics[name] == pytest.approx(theta[i], abs=1e-9)
+        np.testing.assert_allclose(tracking.loss_history(store, run.info.run_id), losses, rtol=1e-9)
+        assert run.data.params == {k: str(v) for k, v in _params(cfg).items()}
+        assert run.data.tags["config_hash"] == config.fingerprint(cfg)
         assert run.info.status == "FINISHED"
         assert run.data.tags["sweep.batch_size"] == "2"
-        # threads.* name the pools loaded when a run is recorded: in a batched sweep torch may
-        # be loaded already when a numpy job is recorded.
-        extra = {
-            k for k in set(run.data.tags) - set(twin.data.tags) if not k.startswith("threads.")
-        }
-        assert extra == {"sweep.batch_size"}
-        assert run.data.tags["config_hash"] == twin.data.tags["config_hash"]
         assert {a.path for a in store.list_artifacts(run.info.run_id)} == ARTIFACTS
-
-    # Each job has its own Hydra folder with its own overrides, as with the basic launcher.
-    (sweep_dir,) = (tmp_path / "b" / "outputs" / "multirun").glob("*/*")
-    for run in ours.values():
+        # Each job has its own Hydra folder with its own overrides, as with the basic launcher.
         hydra = sweep_dir / run.data.tags["sweep.job"] / ".hydra"
         assert {p.name for p in hydra.iterdir()} >= {"config.yaml", "hydra.yaml", "overrides.yaml"}
-        assert f"seed={run.data.params['seed']}" in OmegaConf.load(hydra / "overrides.yaml")
-        assert OmegaConf.load(hydra / "config.yaml").backend.name == run.data.tags["backend"]
+        assert f"seed={seed}" in OmegaConf.load(hydra / "overrides.yaml")
+        assert OmegaConf.load(hydra / "config.yaml").backend.name == backend
+
+        twin = basic.get((backend, optimizer, seed))
+        if twin is not None:
+            assert run.data.params == twin.data.params
+            assert run.data.tags["config_hash"] == twin.data.tags["config_hash"]
+            # threads.* name the pools loaded when a run is recorded: in a batched sweep torch
+            # may be loaded already when a numpy job is recorded.
+            tags = {k for k in run.data.tags if not k.startswith("threads.")}
+            assert tags - {k for k in twin.data.tags} == {"sweep.batch_size"}
+            assert {k for k in twin.data.tags if not k.startswith("threads.")} <= tags
+            for name in ("a", "b", "c", "d"):
+                assert run.data.metrics[name] == pytest.approx(twin.data.metrics[name], abs=1e-9)
 
     # Again: every job is skipped, and nothing new is recorded.
-    again = polyexp_cli("-m", "hydra/launcher=batched", *SWEEP[1:], cwd=tmp_path / "b")
+    again = polyexp_cli("-m", "hydra/launcher=batched", *SWEEP, cwd=tmp_path / "b")
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped: the same config already FINISHED") == 18
     assert len([r for r in runs(store) if sweep.PARENT_TAG in r.data.tags]) == 18
+
+
+def _params(cfg: object) -> dict:
+    from polyexp.runner import flatten
+
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 @pytest.mark.slow

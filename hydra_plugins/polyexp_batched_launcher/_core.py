@@ -37,14 +37,37 @@ class Composer:
     """Each job's config, as Hydra's load_sweep_config composes it, only cheaper: a job whose
     overrides differ from an already composed job's only in values (`optimizer.lr=...`, never
     a group, an addition or a deletion) is that config with those values set, as Hydra sets
-    them; any other job is composed by Hydra. (Hydra takes ~0.1 s to compose a job.)"""
+    them; any other job is composed by Hydra. (Hydra takes ~0.1 s to compose a job.)
+
+    `install()` also answers the sweeper's own composition of every job (Hydra's
+    Sweeper.validate_batch_is_legal, run before launch on the same config loader) this way, and
+    keeps what it composed for the launch to take instead of composing it a second time."""
 
     def __init__(self, launcher: BatchedLauncher) -> None:
         assert launcher.config is not None and launcher.hydra_context is not None
         self.master = launcher.config
         self.loader = launcher.hydra_context.config_loader
+        self.hydra = self.loader.load_sweep_config  # Hydra's own, whatever install() does
         self.parser = OverridesParser.create()
         self.composed: dict[tuple[str, ...], tuple[list[Override], DictConfig]] = {}
+        self.kept: dict[tuple[str, ...], DictConfig] = {}
+
+    def install(self) -> None:
+        """Makes the config loader's load_sweep_config this composer's (for this process)."""
+        self.loader.load_sweep_config = self._load_sweep_config  # type: ignore[method-assign]
+
+    def _load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        if master_config is not self.master:
+            return self.hydra(master_config, sweep_overrides)
+        cfg = self(sweep_overrides)
+        self.kept[tuple(sweep_overrides)] = cfg
+        return cfg  # Hydra's validation only looks whether composing raises
+
+    def take(self, overrides: Sequence[str]) -> DictConfig:
+        """The config of a job to launch: the one composed for the sweeper, else a new one."""
+        return self.kept.pop(tuple(overrides), None) or self(overrides)
 
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         parsed = self.parser.parse_overrides(list(overrides))
@@ -53,7 +76,7 @@ class Composer:
             derived = self._derive(parsed, *self.composed[shape])
             if derived is not None:
                 return derived
-        cfg = self.loader.load_sweep_config(self.master, list(overrides))
+        cfg = self.hydra(self.master, list(overrides))
         self.composed.setdefault(shape, (parsed, cfg))
         return cfg
 
@@ -150,11 +173,11 @@ def launch(
     Path(str(hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     log.info(f"Launching {len(job_overrides)} jobs in batches")
 
-    compose = Composer(launcher)
+    compose = launcher.composer or Composer(launcher)
     jobs: list[DictConfig] = []
     for idx, overrides in enumerate(job_overrides, initial_job_idx):
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        cfg = compose(list(overrides))
+        cfg = compose.take(list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.id = idx
             cfg.hydra.job.num = idx
