@@ -15,7 +15,7 @@ $(READY): pyproject.toml constraints.txt
 run: $(READY)  ## the default experiment; pass overrides as ARGS='model=sequential optimizer=rmsprop'
 	$(BIN)/polyexp $(ARGS)
 
-test: $(READY)  ## the whole suite (up to ~8 min on two cores; ARGS='-m "not slow"': about 2 min)
+test: $(READY)  ## the whole suite (about 9 min on two cores; ARGS='-m "not slow"': about 2 min)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(READY)

@@ -58,23 +58,6 @@ def test_the_console_script_runs_a_preset(store: MlflowClient, tmp_path: Path) -
     assert run.data.params["optimizer.lr"] == "1e-06"
 
 
-def test_a_multirun_records_one_finished_run_per_job(store: MlflowClient, tmp_path: Path) -> None:
-    done = polyexp_cli(
-        "-m",
-        "optimizer=manual_sgd,rmsprop",
-        "backend=numpy,autograd",
-        "steps=5",
-        "log_every=0",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    found = [r for r in runs(store) if "mlflow.parentRunId" in r.data.tags]  # the jobs' runs
-    assert len(found) == 4
-    assert {r.info.status for r in found} == {"FINISHED"}
-    combos = {(r.data.tags["optimizer"], r.data.tags["backend"]) for r in found}
-    assert len(combos) == 4
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_ends_the_run_killed_with_the_steps_so_far(
     stop: signal.Signals, store: MlflowClient, tmp_path: Path
