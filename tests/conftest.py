@@ -15,6 +15,15 @@ from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+# What every run records as artifacts.
+ARTIFACTS = {
+    "config.yaml",
+    "overrides.yaml",
+    "result.json",
+    "parameters.npz",
+    "loss.png",
+    "fit.png",
+}
 
 
 @pytest.fixture(scope="session")

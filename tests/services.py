@@ -42,6 +42,17 @@ def missing() -> list[str]:
     return lacking
 
 
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stops a server started with start_new_session=True and its workers: SIGTERM to its
+    process group, SIGKILL if it has not ended within `timeout` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,11 +150,6 @@ def mlflow_server(backend_store_uri: str, timeout: float = 90) -> Iterator[Serve
             time.sleep(0.25)
         yield Server(uri, backend_store_uri, artifacts)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        stop_group(process)
         shutil.rmtree(artifacts, ignore_errors=True)
         log.unlink(missing_ok=True)

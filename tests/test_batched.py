@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 import polyexp
-from conftest import polyexp_cli, runs
+from conftest import ARTIFACTS, polyexp_cli, runs
 from hydra_plugins.polyexp_batched_launcher._core import Composer
 from polyexp import backends, batched, config, sweep, tracking
 from polyexp.data import make_problem
@@ -200,14 +200,6 @@ SWEEP = (
     "steps=200",
     "log_every=0",
 )
-ARTIFACTS = {
-    "config.yaml",
-    "overrides.yaml",
-    "result.json",
-    "parameters.npz",
-    "loss.png",
-    "fit.png",
-}
 
 
 def _children(client: MlflowClient) -> dict[tuple[str, str, str], object]:

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import runs
+from conftest import ARTIFACTS, runs
 from polyexp import tracking
 from polyexp.config import ConfigError
 
@@ -54,14 +54,7 @@ def test_final_loss_is_the_sse_of_the_final_coefficients(store: MlflowClient) ->
 def test_artifacts_hold_config_overrides_result_parameters_and_plots(store: MlflowClient) -> None:
     result = polyexp.run(["model=sequential", "backend=numpy", "steps=20", "log_every=0"])
     files = _artifacts(store, result.run_id)
-    assert set(files) == {
-        "config.yaml",
-        "overrides.yaml",
-        "result.json",
-        "parameters.npz",
-        "loss.png",
-        "fit.png",
-    }
+    assert set(files) == ARTIFACTS
     assert "name: sequential" in files["config.yaml"].read_text()
     assert "steps=20" in files["overrides.yaml"].read_text()
     assert json.loads(files["result.json"].read_text())["coefficients"] == result.coefficients

@@ -17,15 +17,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import services
-from conftest import polyexp_cli
+from conftest import ARTIFACTS, polyexp_cli
 from polyexp import sweep
 
 pytestmark = pytest.mark.slow
 
 FAST = ("backend=numpy", "steps=40", "log_every=0")
-ARTIFACTS = {
-    *("config.yaml", "overrides.yaml", "result.json", "parameters.npz", "loss.png", "fit.png")
-}
 
 
 @pytest.fixture(scope="module")

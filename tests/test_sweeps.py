@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import default_sigint, polyexp_cli, runs
+from conftest import ARTIFACTS, default_sigint, polyexp_cli, runs
 from polyexp import backends, config, sweep
 from polyexp.data import make_problem
 from polyexp.loop import History, train
@@ -23,9 +23,6 @@ from polyexp.loop import History, train
 FAST = ("backend=numpy", "steps=30", "log_every=0")
 FOREVER = ("steps=100000000", "log_every=0")
 WRITERS = 16  # parallel jobs writing to one SQLite store at once
-ARTIFACTS = {
-    *("config.yaml", "overrides.yaml", "result.json", "parameters.npz", "loss.png", "fit.png")
-}
 
 
 def split(found: list) -> tuple[list, list]:
