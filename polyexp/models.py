@@ -122,7 +122,12 @@ def curves(model: str, theta: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
 def loss(model: str, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """The summed squared error, averaged over the model's graphs as they are drawn (equally
     often): for every model but `dynamic` simply the summed squared error."""
-    return float(np.mean([np.sum((c - y) ** 2) for c in curves(model, theta, x)]))
+    return loss_of(curves(model, theta, x), y)
+
+
+def loss_of(predictions: list[np.ndarray], y: np.ndarray) -> float:
+    """`loss` from the model's curves already computed (see `curves`)."""
+    return float(np.mean([np.sum((c - y) ** 2) for c in predictions]))
 
 
 class Linear:

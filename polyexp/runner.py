@@ -145,7 +145,8 @@ def _run(
 
         # Record: final numbers, then the artifacts.
         theta = trained.theta
-        final_loss = models.loss(s.model, theta, problem.x, problem.y)
+        predictions = models.curves(s.model, theta, problem.x)  # one a graph: loss and plot
+        final_loss = models.loss_of(predictions, problem.y)
         if trained.diverged_at is not None or not math.isfinite(final_loss):
             final_loss = math.inf  # diverged: ranks last, and a sweeper can still compare it
         coefficients = dict(zip(model.names, theta.tolist(), strict=True))
@@ -161,7 +162,7 @@ def _run(
         }
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            curves = zip(model.graphs, models.curves(s.model, theta, problem.x), strict=True)
+            curves = zip(model.graphs, predictions, strict=True)
             plots_done = plots.draw_in_background(
                 losses, problem.x, problem.y, dict(curves), folder
             )
