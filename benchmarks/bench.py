@@ -28,9 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import polyexp  # noqa: E402
 import seed_programs  # noqa: E402
-from polyexp import backends, config, runner  # noqa: E402
-from polyexp.data import Problem, make_problem  # noqa: E402
-from polyexp.loop import History, train  # noqa: E402
+from polyexp import config, runner, training  # noqa: E402
 
 INIT = [0.3, -0.5, 0.2, 0.1]
 PRESETS = seed_programs.NAMES
@@ -61,19 +59,10 @@ def quiet(fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
-def build(overrides: list[str]) -> tuple[config.Settings, Problem]:
-    s = config.check(polyexp.compose(overrides))
-    return s, make_problem(s)
-
-
 def our_loop(overrides: list[str]) -> Callable[[], object]:
-    s, problem = build(overrides)
-
-    def go() -> None:
-        fit = backends.build(s, problem)
-        train(fit, s.steps, History(fit), s.log_every)
-
-    return quiet(go)
+    """polyexp's training alone (polyexp.train's work after composing: parts, then loop)."""
+    s = config.check(polyexp.compose(overrides))
+    return quiet(lambda: training.train(s))
 
 
 def seed_loop(name: str, steps: int = 2000) -> Callable[[], object]:

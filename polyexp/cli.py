@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from polyexp import sweep
-from polyexp.config import ConfigError
+from polyexp.errors import UserError
 
 # Lines of Hydra's and OmegaConf's messages that add detail, not meaning.
 _DETAIL = ("full_key:", "object_type=", "reference_type=", "See https://", "Config search path")
@@ -30,7 +30,7 @@ def _main(cfg: DictConfig) -> float:
         return sweep.run_job(cfg, overrides, parent)
     try:
         result = run(cfg, overrides)
-    except ConfigError as error:
+    except UserError as error:
         sys.exit(f"polyexp: error: {error}")
     return result.final_loss  # what a sweeper (e.g. Optuna) minimises
 
@@ -59,17 +59,14 @@ def main() -> None:
     condense = "HYDRA_FULL_ERROR" not in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
-        _main()
+        with sweep.parents():  # a sweep's parent run is closed when this block ends, however
+            _main()
     except KeyboardInterrupt as interrupt:
         # The run is already recorded as KILLED with every step computed so far.
-        sweep.close_open("KILLED")
         sys.exit(
             f"polyexp: interrupted by {str(interrupt) or 'Ctrl-C'}: runs in progress end KILLED"
         )
     except BaseException as error:
-        # Hydra re-raises a failed job at the end of a sweep, so on_multirun_end never runs:
-        # the sweep's parent run is closed here.
-        sweep.close_open("FAILED")
         cause = error.__cause__ if isinstance(error, sweep.SweepAborted) else error
         line = explain(cause) if condense and isinstance(cause, Exception) else None
         if line is None:
@@ -82,7 +79,7 @@ def explain(error: Exception) -> str | None:
     use); None for the rest, which keep their traceback."""
     if isinstance(error, HydraException | OmegaConfBaseException):
         return one_line(error)
-    if isinstance(error, ConfigError):  # a job of a sweep refused its config or its store
+    if isinstance(error, UserError):  # a job of a sweep refused its config or its store
         return str(error)
     if isinstance(error, OSError) and error.filename:
         # Hydra could not make its run folder (a read-only outputs folder, a file in the way).

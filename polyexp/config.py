@@ -1,4 +1,5 @@
-"""Checks a composed config before any work starts and turns it into plain, typed settings.
+"""Checks a composed config before any work starts and turns it into typed settings: each
+config group's option built as its object (polyexp.options), the top-level keys checked.
 
 Every problem is a `ConfigError` whose message is one line naming the key and what is
 allowed, so the command line can print it without a traceback.
@@ -8,45 +9,62 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
-from polyexp import models
+from polyexp.backends import Backend
+from polyexp.data import Data, Init, Problem
+from polyexp.errors import ConfigError
+from polyexp.models import Model
+from polyexp.optimizers import Optimizer
+from polyexp.options import build
 
-MODELS = tuple(models.MODELS)
-OPTIMIZERS = ("manual_sgd", "sgd", "rmsprop")
-BACKENDS = ("numpy", "torch", "autograd")
+__all__ = ["ConfigError", "Settings", "check", "fingerprint", "flatten", "options"]
+
 DEVICES = ("cpu", "cuda", "mps", "auto")
-INITS = ("normal", "fixed")
 DTYPES = ("float32", "float64")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What a run needs, checked: the config reduced to plain Python values."""
+    """What a run needs, checked: each group's option as its object, the rest plain values."""
 
-    model: str
-    optimizer: str
-    hyper: dict[str, Any]  # the optimizer's hyper-parameters (lr, momentum, ...)
-    backend: str
+    model: Model
+    optimizer: Optimizer
+    backend: Backend
+    data: Data
+    init: Init
     device: str  # the device asked for (cpu, cuda, mps, auto)
     dtype: str
     seed: int
     steps: int
     log_every: int
-    n: int
-    low: float
-    high: float
-    init: str
-    coefficients: tuple[float, ...] | None  # with init=fixed: one number per model parameter
+
+    def problem(self) -> Problem:
+        """The data and the initial parameters, in float64."""
+        x, y = self.data.points()
+        initial = self.init.initial(self.model.names, self.seed, self.model.name)
+        return Problem(x=x, y=y, initial=initial)
+
+    def choices(self) -> dict[str, str]:
+        """The option chosen on each axis, as the run's tags name them."""
+        return {
+            "model": self.model.name,
+            "optimizer": self.optimizer.name,
+            "backend": self.backend.name,
+            "device": self.device,
+        }
+
+
+def options(group: str) -> tuple[str, ...]:
+    """The options polyexp ships for a config group: its YAML files under conf/<group>/."""
+    folder = resources.files("polyexp.conf") / group
+    return tuple(
+        sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    )
 
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
@@ -63,81 +81,14 @@ def _int(cfg: DictConfig, key: str, minimum: int) -> int:
     return value
 
 
-def _number(value: Any, key: str, minimum: float | None = None, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r}: expected a finite number")
-    if positive and value <= 0:
-        raise ConfigError(f"{key}={value!r}: expected a number > 0")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key}={value!r}: expected a number >= {minimum}")
-    return float(value)
-
-
-# Each optimizer's hyper-parameters: key -> (kind, lower bound); "pos" means > 0.
-_HYPER: dict[str, dict[str, tuple[str, float]]] = {
-    "manual_sgd": {"lr": ("pos", 0.0)},
-    "sgd": {
-        "lr": ("pos", 0.0),
-        "momentum": ("num", 0.0),
-        "dampening": ("num", 0.0),
-        "weight_decay": ("num", 0.0),
-        "nesterov": ("bool", 0.0),
-    },
-    "rmsprop": {
-        "lr": ("pos", 0.0),
-        "alpha": ("num", 0.0),
-        "eps": ("pos", 0.0),
-        "weight_decay": ("num", 0.0),
-        "momentum": ("num", 0.0),
-        "centered": ("bool", 0.0),
-    },
-}
-
-
-def _hyper(cfg: DictConfig, optimizer: str) -> dict[str, Any]:
-    given = {k: v for k, v in cfg.optimizer.items() if k != "name"}
-    allowed = _HYPER[optimizer]
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"optimizer.{unknown[0]} is not a hyper-parameter of optimizer={optimizer}; "
-            f"choose from {', '.join(allowed)}"
-        )
-    hyper: dict[str, Any] = {}
-    for key, (kind, low) in allowed.items():
-        full, value = f"optimizer.{key}", given.get(key)
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{full}={value!r}: expected true or false")
-            hyper[key] = value
-        else:
-            hyper[key] = _number(value, full, minimum=low, positive=kind == "pos")
-    if optimizer == "rmsprop" and hyper["alpha"] > 1:
-        raise ConfigError(f"optimizer.alpha={hyper['alpha']!r}: expected a number in [0, 1]")
-    if hyper.get("nesterov") and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
-        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and dampening = 0")
-    return hyper
-
-
-def _coefficients(cfg: DictConfig, model: str) -> tuple[float, ...]:
-    names = models.get(model).names
-    wanted = f"[{','.join(names)}]"
-    try:
-        value = OmegaConf.to_container(cfg.init, resolve=True, throw_on_missing=True).get(  # type: ignore[union-attr]
-            "coefficients"
-        )
-    except MissingMandatoryValue:
-        value = None
-    if value is None:
-        raise ConfigError(
-            f"init.coefficients is required with init=fixed: 'init.coefficients={wanted}'"
-        )
-    if not isinstance(value, list) or len(value) != len(names):
-        raise ConfigError(
-            f"init.coefficients={value!r}: expected a list of {len(names)} numbers {wanted}"
-            f" for model={model}"
-        )
-    return tuple(_number(v, f"init.coefficients[{i}]") for i, v in enumerate(value))
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 1e-6}} -> {'optimizer.lr': 1e-6}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
 
 
 # Keys that change what is printed or whether a job is skipped, never what a run computes.
@@ -155,35 +106,27 @@ def fingerprint(cfg: DictConfig) -> str:
 
 def check(cfg: DictConfig) -> Settings:
     """Validates every value a run uses; raises ConfigError (one line) on the first bad one."""
-    optimizer = _choice(cfg, "optimizer.name", OPTIMIZERS)
-    backend = _choice(cfg, "backend.name", BACKENDS)
+    optimizer = build(cfg, "optimizer", Optimizer)
+    backend = build(cfg, "backend", Backend)
     device = _choice(cfg, "device.name", DEVICES)
-    init = _choice(cfg, "init.name", INITS)
-    low = _number(OmegaConf.select(cfg, "data.low"), "data.low")
-    high = _number(OmegaConf.select(cfg, "data.high"), "data.high")
-    if high <= low:
-        raise ConfigError(f"data.high={high!r} must be greater than data.low={low!r}")
+    init = build(cfg, "init", Init)
+    data = build(cfg, "data", Data)
     resume = OmegaConf.select(cfg, "resume", default=True)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r}: expected true or false")
-    if backend == "numpy" and device not in ("cpu", "auto"):
-        raise ConfigError(
-            f"device={device!r} cannot run backend=numpy (CPU only); choose from cpu, auto"
-        )
-    model = _choice(cfg, "model.name", MODELS)
-    return Settings(
+    model = build(cfg, "model", Model)
+    backend.check(model, device)
+    s = Settings(
         model=model,
         optimizer=optimizer,
-        hyper=_hyper(cfg, optimizer),
         backend=backend,
+        data=data,
+        init=init,
         device=device,
         dtype=_choice(cfg, "dtype", DTYPES),
         seed=_int(cfg, "seed", 0),
         steps=_int(cfg, "steps", 1),
         log_every=_int(cfg, "log_every", 0),
-        n=_int(cfg, "data.n", 1),
-        low=low,
-        high=high,
-        init=init,
-        coefficients=_coefficients(cfg, model) if init == "fixed" else None,
     )
+    init.initial(model.names, s.seed, model.name)  # one number per parameter, or refused
+    return s

@@ -23,7 +23,7 @@ CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace, as torch's reproducibi
 
 def wanted(s: Settings) -> bool:
     """A torch backend asked for cuda (or for auto, which may pick it)."""
-    return s.backend != "numpy" and s.device in ("cuda", "auto")
+    return s.backend.uses_torch and s.device in ("cuda", "auto")
 
 
 @contextmanager

@@ -41,7 +41,7 @@ class History:
         return np.concatenate(self._chunks) if self._chunks else np.empty(0)
 
 
-def train(fit: Fit, steps: int, history: History, log_every: int, chunk: int = 1000) -> None:
+def loop(fit: Fit, steps: int, history: History, log_every: int, chunk: int = 1000) -> None:
     """Runs `steps` updates, appending each step's loss (computed before its update) to
     `history`; prints `step loss` every `log_every` steps as the seed does (0: never).
     Stops early when the loss stops being finite (seen when a chunk comes to the host)."""

@@ -1,21 +1,35 @@
-"""Hand-written update rules for the by-hand backends, in the (init, update) shape of optax.
+"""The optimizers: each is an Option that owns its hyper-parameters (typed fields with torch's
+defaults and bounds), its update rule, its torch.optim counterpart for the autograd backend, and
+which of its numbers the batched launcher may vary within one batch.
 
-Each optimizer is a pair of pure functions over arrays: `init(param) -> state` and
-`update(param, grad, state) -> (param, state)`. They use only arithmetic operators and
-`xp.sqrt`, so one rule serves NumPy arrays and torch tensors alike. A hyper-parameter is a
-number, or for a batch of runs (polyexp.batched) an array of shape (B, 1), one per run, that
-broadcasts against parameters of shape (B, ...). `sgd` and `rmsprop`
-follow torch.optim.SGD and torch.optim.RMSprop step for step, with the same defaults;
-tests prove them equal to torch.optim in float64. The autograd backend uses torch.optim itself.
+A rule has the (init, update) shape of optax: `init(param) -> state` and
+`update(param, grad, state) -> (param, state)`, pure functions over arrays. They use only
+arithmetic operators and a few functions NumPy and torch share (`xp.sqrt`, `xp.maximum`), so one
+rule serves NumPy arrays and torch tensors alike. A hyper-parameter is a number, or for a batch
+of runs (polyexp.batched) an array of shape (B, 1), one per run, that broadcasts against
+parameters of shape (B, ...). `sgd`, `rmsprop` and `adam` follow torch.optim step for step, with
+the same defaults; tests prove them equal to torch.optim in float64.
+
+Adding an optimizer is a class here (or in your own module) and a YAML file in conf/optimizer/.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
+
+from polyexp.errors import ConfigError
+from polyexp.options import Option, number, values
 
 Array = Any  # np.ndarray or torch.Tensor
+
+
+class Rule(NamedTuple):
+    init: Callable[[Array], Any]
+    update: Callable[[Array, Array, Any], tuple[Array, Any]]
 
 
 def _on(value: float | Array) -> bool:
@@ -26,45 +40,112 @@ def _on(value: float | Array) -> bool:
     return bool((value != 0).any())
 
 
-class Optimizer(NamedTuple):
-    init: Callable[[Array], Any]
-    update: Callable[[Array, Array, Any], tuple[Array, Any]]
+@dataclasses.dataclass(frozen=True)
+class Optimizer(Option):
+    """An update rule with its hyper-parameters as fields (all but `name`)."""
+
+    group: ClassVar[str] = "optimizer"
+    key_kind: ClassVar[str] = "a hyper-parameter"
+    # The torch.optim class the autograd backend uses (None: this rule, applied per parameter).
+    torch_class: ClassVar[str | None] = None
+    # The hyper-parameters that only change numbers, not the computation: a batch may vary them.
+    numbers: ClassVar[tuple[str, ...]] = ()
+
+    def hyper(self) -> dict[str, Any]:
+        """The hyper-parameters, e.g. {'lr': 1e-6, 'momentum': 0.0, ...}."""
+        return values(self)
+
+    def rule(self, xp: ModuleType, hyper: Mapping[str, Any] | None = None) -> Rule:
+        """The (init, update) rule over `xp`'s arrays, with `hyper` (default: this option's own;
+        a batch passes its numbers as columns)."""
+        raise NotImplementedError
+
+    def batch_key(self) -> dict[str, Any]:
+        """What must be equal across a batch besides the config's non-numbers (e.g. a switch a
+        number turns on)."""
+        return {}
+
+    def torch_step(self, params: list[Any]) -> Callable[[], None]:
+        """One optimizer step over torch Parameters whose .grad is set (the autograd backend):
+        torch.optim's own class when there is one, else this rule under no_grad."""
+        import torch
+
+        if self.torch_class is not None:
+            module, _, name = self.torch_class.rpartition(".")
+            optimizer = getattr(importlib.import_module(module), name)(params, **self.hyper())
+            return optimizer.step
+        rule = self.rule(torch)
+        states: list[Any] = [rule.init(p.detach()) for p in params]
+
+        @torch.no_grad()
+        def step() -> None:
+            for i, param in enumerate(params):
+                if param.grad is not None:  # None: the forward pass did not use it (dynamic)
+                    new, states[i] = rule.update(param, param.grad, states[i])
+                    param.copy_(new)
+
+        return step
 
 
-def manual_sgd(lr: float) -> Optimizer:
-    """The seed's p -= lr * grad."""
+@dataclasses.dataclass(frozen=True)
+class ManualSGD(Optimizer):
+    """The seed's explicit update, p -= lr * grad."""
 
-    def update(param: Array, grad: Array, state: None) -> tuple[Array, None]:
-        return param - lr * grad, None
+    lr: float = number(1e-6, positive=True)
+    numbers: ClassVar[tuple[str, ...]] = ("lr",)
 
-    return Optimizer(init=lambda param: None, update=update)
+    def rule(self, xp: ModuleType, hyper: Mapping[str, Any] | None = None) -> Rule:
+        lr = (hyper or self.hyper())["lr"]
+
+        def update(param: Array, grad: Array, state: None) -> tuple[Array, None]:
+            return param - lr * grad, None
+
+        return Rule(init=lambda param: None, update=update)
 
 
 class SGDState(NamedTuple):
     momentum_buffer: Array | None  # None until the first step, as in torch.optim.SGD
 
 
-def sgd(
-    lr: float,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-) -> Optimizer:
-    """torch.optim.SGD's rule. In a batch, momentum must be zero for every run or for none."""
-    decay, heavy = _on(weight_decay), _on(momentum)
+@dataclasses.dataclass(frozen=True)
+class SGD(Optimizer):
+    """torch.optim.SGD. In a batch, momentum must be zero for every run or for none."""
 
-    def update(param: Array, grad: Array, state: SGDState) -> tuple[Array, SGDState]:
-        if decay:
-            grad = grad + weight_decay * param
-        buf = state.momentum_buffer
-        if heavy:
-            # torch starts the buffer at the first gradient itself, undamped.
-            buf = grad if buf is None else momentum * buf + (1 - dampening) * grad
-            grad = grad + momentum * buf if nesterov else buf
-        return param - lr * grad, SGDState(buf)
+    lr: float = number(1e-3, positive=True)
+    momentum: float = number(0.0, low=0.0)
+    dampening: float = number(0.0, low=0.0)
+    weight_decay: float = number(0.0, low=0.0)
+    nesterov: bool = False
+    torch_class: ClassVar[str | None] = "torch.optim.SGD"
+    numbers: ClassVar[tuple[str, ...]] = ("lr", "momentum", "dampening", "weight_decay")
 
-    return Optimizer(init=lambda param: SGDState(None), update=update)
+    def __post_init__(self) -> None:
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ConfigError(
+                "optimizer.nesterov=true needs optimizer.momentum > 0 and dampening = 0"
+            )
+
+    def batch_key(self) -> dict[str, Any]:
+        # Momentum on or off is another rule: SGD keeps no buffer without it.
+        return {"momentum on": bool(self.momentum)}
+
+    def rule(self, xp: ModuleType, hyper: Mapping[str, Any] | None = None) -> Rule:
+        h = hyper or self.hyper()
+        lr, momentum, dampening = h["lr"], h["momentum"], h["dampening"]
+        weight_decay, nesterov = h["weight_decay"], h["nesterov"]
+        decay, heavy = _on(weight_decay), _on(momentum)
+
+        def update(param: Array, grad: Array, state: SGDState) -> tuple[Array, SGDState]:
+            if decay:
+                grad = grad + weight_decay * param
+            buf = state.momentum_buffer
+            if heavy:
+                # torch starts the buffer at the first gradient itself, undamped.
+                buf = grad if buf is None else momentum * buf + (1 - dampening) * grad
+                grad = grad + momentum * buf if nesterov else buf
+            return param - lr * grad, SGDState(buf)
+
+        return Rule(init=lambda param: SGDState(None), update=update)
 
 
 class RMSpropState(NamedTuple):
@@ -73,41 +154,48 @@ class RMSpropState(NamedTuple):
     momentum_buffer: Array  # used when momentum > 0
 
 
-def rmsprop(
-    xp: ModuleType,
-    lr: float = 1e-2,
-    alpha: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    centered: bool = False,
-) -> Optimizer:
-    """torch.optim.RMSprop's rule; `xp` is the array module (numpy or torch) for sqrt."""
-    decay, heavy = _on(weight_decay), _on(momentum)
+@dataclasses.dataclass(frozen=True)
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop."""
 
-    def init(param: Array) -> RMSpropState:
-        zeros = param * 0
-        return RMSpropState(zeros, zeros, zeros)
+    lr: float = number(1e-2, positive=True)
+    alpha: float = number(0.99, low=0.0, high=1.0)
+    eps: float = number(1e-8, positive=True)
+    weight_decay: float = number(0.0, low=0.0)
+    momentum: float = number(0.0, low=0.0)
+    centered: bool = False
+    torch_class: ClassVar[str | None] = "torch.optim.RMSprop"
+    numbers: ClassVar[tuple[str, ...]] = ("lr", "alpha", "eps", "weight_decay", "momentum")
 
-    def update(param: Array, grad: Array, state: RMSpropState) -> tuple[Array, RMSpropState]:
-        if decay:
-            grad = grad + weight_decay * param
-        square_avg = alpha * state.square_avg + (1 - alpha) * grad * grad
-        grad_avg = state.grad_avg
-        if centered:
-            grad_avg = grad_avg + (1 - alpha) * (grad - grad_avg)  # torch's lerp
-            avg = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
-        else:
-            avg = xp.sqrt(square_avg) + eps
-        buf = state.momentum_buffer
-        if heavy:
-            buf = momentum * buf + grad / avg
-            param = param - lr * buf
-        else:
-            param = param - lr * (grad / avg)
-        return param, RMSpropState(square_avg, grad_avg, buf)
+    def rule(self, xp: ModuleType, hyper: Mapping[str, Any] | None = None) -> Rule:
+        h = hyper or self.hyper()
+        lr, alpha, eps, momentum = h["lr"], h["alpha"], h["eps"], h["momentum"]
+        weight_decay, centered = h["weight_decay"], h["centered"]
+        decay, heavy = _on(weight_decay), _on(momentum)
 
-    return Optimizer(init=init, update=update)
+        def init(param: Array) -> RMSpropState:
+            zeros = param * 0
+            return RMSpropState(zeros, zeros, zeros)
+
+        def update(param: Array, grad: Array, state: RMSpropState) -> tuple[Array, RMSpropState]:
+            if decay:
+                grad = grad + weight_decay * param
+            square_avg = alpha * state.square_avg + (1 - alpha) * grad * grad
+            grad_avg = state.grad_avg
+            if centered:
+                grad_avg = grad_avg + (1 - alpha) * (grad - grad_avg)  # torch's lerp
+                avg = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
+            else:
+                avg = xp.sqrt(square_avg) + eps
+            buf = state.momentum_buffer
+            if heavy:
+                buf = momentum * buf + grad / avg
+                param = param - lr * buf
+            else:
+                param = param - lr * (grad / avg)
+            return param, RMSpropState(square_avg, grad_avg, buf)
+
+        return Rule(init=init, update=update)
 
 
 def keep_unused(used: Array, new: Any, old: Any, xp: ModuleType) -> Any:
@@ -119,18 +207,7 @@ def keep_unused(used: Array, new: Any, old: Any, xp: ModuleType) -> Any:
     if new is None:
         return None
     if isinstance(new, tuple):
-        olds = old if old is not None else (None,) * len(new)
+        olds: Iterable[Any] = old if old is not None else (None,) * len(new)
         leaves = [keep_unused(used, n, o, xp) for n, o in zip(new, olds, strict=True)]
         return type(new)(*leaves) if hasattr(new, "_fields") else tuple(leaves)
     return xp.where(used, new, new * 0 if old is None else old)
-
-
-def build(name: str, hyper: dict[str, Any], xp: ModuleType) -> Optimizer:
-    """The optimizer `name` (manual_sgd | sgd | rmsprop) with its checked hyper-parameters."""
-    if name == "manual_sgd":
-        return manual_sgd(**hyper)
-    if name == "sgd":
-        return sgd(**hyper)
-    if name == "rmsprop":
-        return rmsprop(xp, **hyper)
-    raise ValueError(f"unknown optimizer {name!r}")

@@ -11,11 +11,12 @@ A run's `gap_to_optimum` says how far training got: final_loss / optimal_loss - 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from polyexp import models
-from polyexp.data import Problem
+if TYPE_CHECKING:
+    from polyexp.models import LinearModel
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,13 @@ class Optimum:
         return {"optimal_loss": self.loss, **best, "gap_to_optimum": self.gap(final_loss)}
 
 
-def optimum(model: str, problem: Problem) -> Optimum | None:
-    """The least-squares fit of `model` to the problem's points; None where there is no closed
-    form (legendre3)."""
-    if not models.get(model).linear:
-        return None
-    x, y = problem.x.astype(np.float64), problem.y.astype(np.float64)
-    graphs = models.features(model, x, np)  # one (p, n) block per graph
+def least_squares(model: LinearModel, x: np.ndarray, y: np.ndarray) -> Optimum:
+    """The least-squares fit of a model linear in its parameters to the points x, y."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    graphs = model.features(x, np)  # one (p, n) block per graph
     # Every graph's rows, equally weighted (a view, not a copy, for a single graph).
     design = graphs[0].T if len(graphs) == 1 else np.concatenate([f.T for f in graphs])
     coefficients, *_ = np.linalg.lstsq(design, np.tile(y, len(graphs)), rcond=None)
     # The same formula as the run's final_loss, so a run at the optimum has a gap of ~0.
-    loss = models.loss(model, coefficients, x, y)
-    return Optimum(names=models.get(model).names, coefficients=coefficients, loss=loss)
+    loss = model.loss(coefficients, x, y)
+    return Optimum(names=model.names, coefficients=coefficients, loss=loss)

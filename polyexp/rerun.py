@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from polyexp import models, store, tracking
-from polyexp.config import ConfigError
+from polyexp import store, tracking
+from polyexp.errors import UserError
 
 PROG = "polyexp-rerun"
 RERUN_OF = "polyexp.rerun_of"  # the tag that links a rerun to its source run
@@ -98,19 +98,20 @@ def rerun(run_id: str) -> tuple[bool, str]:
     cfg, overrides = recorded_config(client, run_id)
     from polyexp.runner import run  # after the checks, so a bad id answers fast
 
-    if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        experiment = client.get_experiment(source.info.experiment_id)
-        os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment.name  # the rerun lands beside it
+    # The rerun lands beside its source, unless MLFLOW_EXPERIMENT_NAME says otherwise.
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or (
+        client.get_experiment(source.info.experiment_id).name
+    )
     try:
-        result = run(cfg, overrides, tags={RERUN_OF: run_id})
-    except ConfigError as error:
+        result = run(cfg, overrides, tags={RERUN_OF: run_id}, experiment=experiment)
+    except UserError as error:
         raise CannotRerun(f"run {run_id} cannot run here: {error}") from None
 
     new = client.get_run(result.run_id)
     recorded = tracking.loss_history(client, run_id)
     again = tracking.loss_history(client, result.run_id)
     same_losses = len(recorded) == len(again) and recorded.tobytes() == again.tobytes()
-    names = models.get(new.data.tags["model"]).names  # the model's own parameters
+    names = list(result.coefficients)  # the model's own parameters
     before = np.array([source.data.metrics.get(k, np.nan) for k in names])
     after = np.array([new.data.metrics[k] for k in names])
     same_coefficients = before.tobytes() == after.tobytes()

@@ -15,8 +15,9 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from polyexp.config import ConfigError
+from polyexp.errors import UserError
 
 # The HTTP client's limits while reaching the store (a value the user set wins): a closed port
 # fails in ~2 s, a server that accepts and never answers in ~8 s (measured, DESIGN.md).
@@ -30,15 +31,26 @@ SQLITE_BUSY_SECONDS = 5.0  # how long to wait for another process's lock on an S
 SERVER_HINT = "for many writers use a tracking server (README: Sharing a tracking server)"
 
 
-class StoreError(ConfigError):
+class StoreError(UserError):
     """The tracking store cannot be used; the message is one line naming the URI."""
+
+
+def redact(uri: str) -> str:
+    """The URI with any password hidden: every URI polyexp prints goes through here."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{parts.username}:***@{host}{port}" if parts.username else f"***@{host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def describe(uri: str) -> str:
     """How the user named the store: the variable they set, or polyexp's default."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return f"MLFLOW_TRACKING_URI={uri}"
-    return f"the default store {uri}"
+        return f"MLFLOW_TRACKING_URI={redact(uri)}"
+    return f"the default store {redact(uri)}"
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -3,20 +3,21 @@
 Hydra calls `SweepCallback` in the process that launches the sweep. Jobs may run elsewhere
 (joblib workers, submitit processes, Slurm nodes), so the parent is handed to them in a small
 file in the sweep folder, `<sweep dir>/.polyexp/parent.json`, which every job finds through its
-HydraConfig; each job writes `jobs/<num>.json` beside it when it ends. The parent is closed by
-`finish`: from `on_multirun_end` when the sweep succeeds, from the `polyexp` command's own
-exception path when Hydra re-raises a failed job (then `on_multirun_end` never runs), and at
-exit as a last resort: never left RUNNING.
+HydraConfig; each job writes `jobs/<num>.json` beside it when it ends. The parent lives in one
+place, `parents()`, the block around the `polyexp` command: the callback registers it there,
+and the block's end closes it with `finish` as the sweep ended (FINISHED, FAILED or KILLED),
+also when Hydra re-raises a failed job (then `on_multirun_end` never runs): never RUNNING.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from polyexp import config
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from polyexp import runner
+    from polyexp.training import Trained
 
 PARENT_TAG = "mlflow.parentRunId"
 FOLDER = ".polyexp"  # inside the sweep dir: parent.json, jobs/<num>.json
@@ -62,7 +63,24 @@ class Job:
     error: str | None = None
 
 
-_open: dict[str, Parent] = {}  # parents this process opened and has not closed yet
+_open: dict[str, Parent] = {}  # parents opened in the current `parents()` block, not closed yet
+
+
+@contextmanager
+def parents() -> Iterator[None]:
+    """The span of the sweeps started inside: each parent the callback opens is closed when
+    the block ends, FINISHED when it ends normally (its jobs decide), else KILLED on an
+    interrupt or FAILED."""
+    status: str | None = FAILED
+    try:
+        yield
+        status = None
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for run_id in list(_open):
+            finish(_open.pop(run_id), status)
 
 
 class SweepAborted(BaseException):
@@ -103,19 +121,7 @@ class SweepCallback(Callback):
         client.log_batch(run.info.run_id, params=[Param("sweep.overrides", overrides[:6000])])
         parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
         (folder / "parent.json").write_text(json.dumps(asdict(parent), indent=2) + "\n")
-        if not _open:
-            atexit.register(close_open, FAILED)
-        _open[parent.run_id] = parent
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        close_open(None)
-
-
-def close_open(error: str | None) -> None:
-    """Closes every parent this process still holds open. `error`: None when the sweep
-    returned normally, else the status it ended with (FAILED or KILLED)."""
-    for run_id in list(_open):
-        finish(_open.pop(run_id), error)
+        _open[parent.run_id] = parent  # closed where `parents()` ends
 
 
 # --- in the job -------------------------------------------------------------------------------
@@ -150,7 +156,7 @@ def finished_twin(client: MlflowClient, experiment_id: str, fingerprint: str) ->
 
 
 def run_job(
-    cfg: DictConfig, overrides: list[str], parent: Parent, trained: runner.Trained | None = None
+    cfg: DictConfig, overrides: list[str], parent: Parent, trained: Trained | None = None
 ) -> float:
     """Runs one job of a sweep as a child of `parent`, or skips it when `resume` is on and an
     identical config already FINISHED in the experiment; returns its final loss either way.
@@ -177,7 +183,10 @@ def run_job(
             return final_loss
     try:
         tags = {PARENT_TAG: parent.run_id, "sweep.job": str(num), "sweep.pid": str(os.getpid())}
-        result = runner.run(cfg, overrides, tags, trained)
+        if trained is None:
+            result = runner.run(cfg, overrides, tags)
+        else:
+            result = runner.record(cfg, trained, overrides, tags)
     except BaseException as error:
         _write(parent, Job(num, overrides, FAILED, error=f"{type(error).__name__}: {error}"))
         raise

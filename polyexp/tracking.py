@@ -94,21 +94,23 @@ def load_parameters(client: MlflowClient, run_id: str) -> dict[str, np.ndarray]:
             return {name: saved[name] for name in saved.files}
 
 
-def open_store() -> tuple[MlflowClient, str]:
-    """A client on the store and the experiment's id, creating both when they do not exist yet.
-    Raises store.StoreError (one line) within seconds when the store cannot be used."""
+def open_store(experiment: str | None = None) -> tuple[MlflowClient, str]:
+    """A client on the store and the id of `experiment` (default: experiment_name()), creating
+    both when they do not exist yet. Raises store.StoreError (one line) within seconds when the
+    store cannot be used."""
     uri = tracking_uri()
     with store.reaching(uri):
         client = MlflowClient(uri)
-        return client, _experiment_id(client, experiment_name(), uri)
+        return client, _experiment_id(client, experiment or experiment_name(), uri)
 
 
 @contextmanager
 def start_run(
-    run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], experiment: str | None = None
 ) -> Iterator[RecordedRun]:
-    """Opens a run and always closes it: FINISHED, FAILED (error in the tag `error`) or KILLED."""
-    client, experiment_id = open_store()
+    """Opens a run in `experiment` (default: experiment_name()) and always closes it: FINISHED,
+    FAILED (error in the tag `error`) or KILLED."""
+    client, experiment_id = open_store(experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags)))
     run_id = run.info.run_id
     status = RunStatus.to_string(RunStatus.FAILED)

@@ -9,9 +9,12 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+import polyexp
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -70,3 +73,24 @@ def polyexp_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# --- training without recording: the one harness every test shares ----------------------------
+
+
+def settings(*overrides: str) -> Any:
+    """The checked settings of `polyexp OVERRIDES...` (polyexp.config.Settings)."""
+    from polyexp import config
+
+    return config.check(polyexp.compose(list(overrides)))
+
+
+def build_fit(*overrides: str) -> Any:
+    """The run's parts built, ready to step (a polyexp.backends.Fit)."""
+    s = settings(*overrides)
+    return s.backend.build(s, s.problem())
+
+
+def trained(*overrides: str) -> Any:
+    """`polyexp.train(OVERRIDES)` quietly (log_every=0): a polyexp.training.Trained."""
+    return polyexp.train([*overrides, "log_every=0"])

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import polyexp
-from polyexp import backends, config, models
-from polyexp.data import make_problem
-from polyexp.loop import History, train
+from conftest import build_fit, settings, trained
+from polyexp import config
 
 LR = {"manual_sgd": 1e-6, "sgd": 1e-6, "rmsprop": 1e-3}
 # Where each model trains: legendre3 near the tutorial's start (off its symmetric a = c = 0,
@@ -29,15 +28,12 @@ TRAINS = {
 
 
 def _train(overrides: list[str], steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    s = config.check(polyexp.compose([*overrides, f"steps={steps}"]))
-    fit = backends.build(s, make_problem(s))
-    history = History(fit)
-    train(fit, s.steps, history, log_every=0)
-    return history.values(), fit.coefficients()
+    done = trained(*overrides, f"steps={steps}")
+    return done.losses, done.theta
 
 
-@pytest.mark.parametrize("model", config.MODELS)
-@pytest.mark.parametrize("optimizer", config.OPTIMIZERS)
+@pytest.mark.parametrize("model", config.options("model"))
+@pytest.mark.parametrize("optimizer", config.options("optimizer"))
 def test_every_backend_follows_one_trajectory_in_float64(optimizer: str, model: str) -> None:
     lrs, start = TRAINS.get(model, (LR, []))
     results = {
@@ -53,7 +49,7 @@ def test_every_backend_follows_one_trajectory_in_float64(optimizer: str, model: 
                 "seed=3",
             ]
         )
-        for backend in config.BACKENDS
+        for backend in config.options("backend")
     }
     reference_losses, reference = results["numpy"]
     # It trains (dynamic's loss jumps with the terms drawn each step: compare averages).
@@ -65,7 +61,7 @@ def test_every_backend_follows_one_trajectory_in_float64(optimizer: str, model: 
 
 def test_the_two_cubics_follow_one_trajectory() -> None:
     """polynomial3 and sequential are one cubic under two names, on every backend."""
-    for backend in config.BACKENDS:
+    for backend in config.options("backend"):
         cubic = [f"backend={backend}", "optimizer=rmsprop", "dtype=float64", "seed=3"]
         losses, coefficients = _train([*cubic, "model=polynomial3"])
         losses_seq, coefficients_seq = _train([*cubic, "model=sequential"])
@@ -73,7 +69,7 @@ def test_the_two_cubics_follow_one_trajectory() -> None:
         np.testing.assert_allclose(losses_seq, losses, rtol=1e-9)
 
 
-@pytest.mark.parametrize("backend", config.BACKENDS)
+@pytest.mark.parametrize("backend", config.options("backend"))
 def test_float32_runs_in_float32_and_lands_near_float64(backend: str) -> None:
     losses32, coefficients32 = _train([f"backend={backend}", "dtype=float32"])
     losses64, coefficients64 = _train([f"backend={backend}", "dtype=float64"])
@@ -83,40 +79,36 @@ def test_float32_runs_in_float32_and_lands_near_float64(backend: str) -> None:
 
 def test_normal_init_is_seeded_and_the_same_on_every_backend_and_model() -> None:
     starts = set()
-    for backend, model in itertools.product(config.BACKENDS, config.MODELS):
+    for backend, model in itertools.product(config.options("backend"), config.options("model")):
         s = config.check(
             polyexp.compose([f"backend={backend}", f"model={model}", "seed=7", "dtype=float64"])
         )
-        start = backends.build(s, make_problem(s)).coefficients()
-        assert len(start) == len(models.get(model).names)
+        start = s.backend.build(s, s.problem()).coefficients()
+        assert len(start) == len(s.model.names)
         starts.add(tuple(start[:4]))  # dynamic draws e after the same a, b, c, d
     assert len(starts) == 1
     other = config.check(polyexp.compose(["seed=8"]))
-    assert tuple(make_problem(other).initial) not in starts
+    assert tuple(other.problem().initial) not in starts
 
 
 def test_fixed_init_sets_sequential_bias_and_weight() -> None:
-    s = config.check(
-        polyexp.compose(["model=sequential", "init=fixed", "init.coefficients=[1,2,3,4]"])
-    )
-    fit = backends.build(s, make_problem(s))
-    layer = fit.model[0]  # type: ignore[attr-defined]
+    fit = build_fit("model=sequential", "init=fixed", "init.coefficients=[1,2,3,4]")
+    layer = fit.model[0]
     assert layer.bias.tolist() == [1.0] and layer.weight.tolist() == [[2.0, 3.0, 4.0]]
-    params = models.get("sequential").parameters(fit.coefficients())
-    assert set(params) == set(fit.model.state_dict())  # type: ignore[attr-defined]
+    params = settings("model=sequential").model.parameters(fit.coefficients())
+    assert set(params) == set(fit.model.state_dict())
 
 
 @pytest.mark.parametrize("model", ["polynomial3", "legendre3", "dynamic"])
 def test_scalar_parameters_are_named_as_the_modules(model: str) -> None:
-    start = [1, 2, 3, 4, 5][: len(models.get(model).names)]
-    s = config.check(
-        polyexp.compose([f"model={model}", "init=fixed", f"init.coefficients={start}"])
-    )
-    fit = backends.build(s, make_problem(s))
-    state = fit.model.state_dict()  # type: ignore[attr-defined]
-    params = models.get(model).parameters(fit.coefficients())
+    names = settings(f"model={model}").model.names
+    start = [1, 2, 3, 4, 5][: len(names)]
+    s = settings(f"model={model}", "init=fixed", f"init.coefficients={start}")
+    fit = s.backend.build(s, s.problem())
+    state = fit.model.state_dict()
+    params = s.model.parameters(fit.coefficients())
     assert {k: float(v) for k, v in params.items()} == {k: float(v) for k, v in state.items()}
-    assert list(params) == list(models.get(model).names) == [k for k in state]
+    assert list(params) == list(names) == [k for k in state]
 
 
 def test_seed_module_settings_end_near_loss_9_to_12() -> None:
@@ -137,27 +129,27 @@ def test_cuda_without_a_gpu_is_refused_before_training(backend: str) -> None:
     with pytest.raises(
         config.ConfigError, match=r"device='cuda' is not available .*choose from cpu"
     ):
-        backends.build(s, make_problem(s))
+        s.backend.build(s, s.problem())
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
 def test_mps_without_apple_silicon_is_refused() -> None:
     s = config.check(polyexp.compose(["backend=torch", "device=mps"]))
     with pytest.raises(config.ConfigError, match="device='mps' is not available"):
-        backends.build(s, make_problem(s))
+        s.backend.build(s, s.problem())
 
 
-@pytest.mark.parametrize("backend", config.BACKENDS)
+@pytest.mark.parametrize("backend", config.options("backend"))
 def test_auto_picks_what_exists(backend: str) -> None:
     s = config.check(polyexp.compose([f"backend={backend}", "device=auto"]))
-    device = backends.build(s, make_problem(s)).device
+    device = s.backend.build(s, s.problem()).device
     expected = "cpu" if backend == "numpy" else "cuda:0" if torch.cuda.is_available() else "cpu"
     assert device == expected or (device == "mps" and torch.backends.mps.is_available())
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("model", config.MODELS)
+@pytest.mark.parametrize("model", config.options("model"))
 @pytest.mark.parametrize("backend", ["torch", "autograd"])
 def test_cuda_trains_like_the_cpu(backend: str, model: str) -> None:
     lrs, start = TRAINS.get(model, (LR, []))

@@ -36,7 +36,8 @@ CONFIG_ROWS = [
         PROCESS,
     ),
     (["optimizer=adam"], "optimizer=adam is not an option; choose from manual_sgd", None),
-    (["model.name=mlp"], "model.name='mlp' is not an option", None),
+    (["model._target_=mlp.MLP"], "model._target_='mlp.MLP' cannot be imported", None),
+    (["backend._target_=polyexp.models.Sequential"], "is not a polyexp.backends.Backend", None),
     (["dtype=float16"], "dtype='float16' is not an option; choose from float32, float64", None),
     (["+optimizer.betas=1"], "optimizer.betas is not a hyper-parameter of optimizer=sgd", None),
     (["stepz=5"], "Could not override 'stepz'. To append to your config use +stepz=5", None),
@@ -59,7 +60,7 @@ CONFIG_ROWS = [
     (["optimizer=rmsprop", "optimizer.eps=0"], "optimizer.eps=0: expected a number > 0", None),
     (
         ["optimizer=rmsprop", "optimizer.alpha=2"],
-        "optimizer.alpha=2.0: expected a number in [0, 1]",
+        "optimizer.alpha=2: expected a number in [0, 1]",
         None,
     ),
     (["optimizer.nesterov=true"], "optimizer.nesterov=true needs optimizer.momentum > 0", None),

@@ -21,9 +21,8 @@ from omegaconf import OmegaConf
 import polyexp
 from conftest import ARTIFACTS, polyexp_cli, runs
 from hydra_plugins.polyexp_batched_launcher._core import Composer
-from polyexp import backends, batched, config, sweep, tracking
-from polyexp.data import make_problem
-from polyexp.loop import History, train
+from polyexp import batched, config, sweep, tracking
+from polyexp.training import train
 
 # Hyper-parameters that exercise every term of each rule, three runs a batch.
 MEMBERS = {
@@ -59,10 +58,8 @@ def _overrides(backend: str, optimizer: str, model: str, i: int, extra: dict) ->
 
 
 def _alone(s: config.Settings) -> tuple[np.ndarray, np.ndarray, int | None]:
-    fit = backends.build(s, make_problem(s))
-    history = History(fit)
-    train(fit, s.steps, history, s.log_every)
-    return history.values()[: history.diverged_at], fit.coefficients(), history.diverged_at
+    done = train(s)
+    return done.losses, done.theta, done.diverged_at
 
 
 def test_the_plugin_is_found_by_hydras_plugin_scan() -> None:
@@ -132,7 +129,8 @@ def test_jobs_group_by_everything_but_numbers() -> None:
     ):
         assert key(other) != base, other
     cfg = polyexp.compose(["backend=numpy"])
-    other_model = dataclasses.replace(config.check(cfg), model="legendre3")
+    legendre3 = config.check(polyexp.compose(["model=legendre3"])).model
+    other_model = dataclasses.replace(config.check(cfg), model=legendre3)
     assert batched.group_key(cfg, other_model) is None  # not known to be the linear cubic
 
 
@@ -273,9 +271,7 @@ def test_a_batched_sweep_records_what_the_basic_launcher_records(
 
 
 def _params(cfg: object) -> dict:
-    from polyexp.runner import flatten
-
-    return flatten(OmegaConf.to_container(cfg, resolve=True))
+    return config.flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 @pytest.mark.slow

@@ -19,11 +19,11 @@ def _options(group: str) -> list[str]:
 
 
 def test_the_axes_offer_what_the_design_names() -> None:
-    assert _options("model") == sorted(config.MODELS)
-    assert _options("optimizer") == sorted(config.OPTIMIZERS)
-    assert _options("backend") == sorted(config.BACKENDS)
-    assert _options("device") == sorted(config.DEVICES)
-    assert _options("init") == sorted(config.INITS)
+    assert _options("model") == sorted(config.options("model"))
+    assert _options("optimizer") == sorted(config.options("optimizer"))
+    assert _options("backend") == sorted(config.options("backend"))
+    assert _options("device") == sorted(config.options("device"))
+    assert _options("init") == sorted(config.options("init"))
     seeds = ["seed_numpy", "seed_tensor", "seed_autograd", "seed_nn", "seed_optim", "seed_module"]
     assert _options("experiment") == sorted([*seeds, "tutorial_legendre", "tutorial_dynamic"])
 
@@ -46,8 +46,8 @@ def test_every_option_composes_and_names_itself(override: str) -> None:
 def test_defaults_are_the_seed_module_program() -> None:
     cfg = polyexp.compose()
     s = config.check(cfg)
-    assert (s.model, s.optimizer, s.backend, s.device) == ("polynomial3", "sgd", "autograd", "cpu")
-    assert (s.steps, s.dtype, s.hyper["lr"], s.n) == (2000, "float32", 1e-6, 2000)
+    assert tuple(s.choices().values()) == ("polynomial3", "sgd", "autograd", "cpu")
+    assert (s.steps, s.dtype, s.optimizer.lr, s.data.n) == (2000, "float32", 1e-6, 2000)
 
 
 @pytest.mark.parametrize(
@@ -65,28 +65,25 @@ def test_presets_choose_what_their_seed_program_uses(
     preset: str, model: str, optimizer: str, backend: str, dtype: str
 ) -> None:
     s = config.check(polyexp.compose([f"experiment={preset}"]))
-    assert (s.model, s.optimizer, s.backend, s.dtype) == (model, optimizer, backend, dtype)
-    assert (s.hyper["lr"], s.steps) == (1e-6, 2000)
+    assert (s.model.name, s.optimizer.name, s.backend.name) == (model, optimizer, backend)
+    assert (s.dtype, s.optimizer.lr, s.steps) == (dtype, 1e-6, 2000)
 
 
 def test_the_tutorial_presets_choose_what_the_tutorial_programs_use() -> None:
     legendre = config.check(polyexp.compose(["experiment=tutorial_legendre"]))
-    assert (legendre.model, legendre.optimizer, legendre.backend) == (
-        "legendre3",
-        "manual_sgd",
-        "autograd",
-    )
-    assert (legendre.hyper["lr"], legendre.steps, legendre.dtype) == (5e-6, 2000, "float32")
-    assert legendre.coefficients == (0.0, -1.0, 0.0, 0.3)
+    assert tuple(legendre.choices().values())[:3] == ("legendre3", "manual_sgd", "autograd")
+    assert (legendre.optimizer.lr, legendre.steps, legendre.dtype) == (5e-6, 2000, "float32")
+    assert legendre.problem().initial.tolist() == [0.0, -1.0, 0.0, 0.3]
     dynamic = config.check(polyexp.compose(["experiment=tutorial_dynamic"]))
-    assert (dynamic.model, dynamic.optimizer, dynamic.backend) == ("dynamic", "sgd", "autograd")
-    assert (dynamic.hyper["lr"], dynamic.hyper["momentum"], dynamic.steps) == (1e-8, 0.9, 30000)
-    assert (dynamic.dtype, dynamic.log_every, dynamic.init) == ("float32", 2000, "normal")
+    assert tuple(dynamic.choices().values())[:3] == ("dynamic", "sgd", "autograd")
+    hyper = dynamic.optimizer.hyper()
+    assert (hyper["lr"], hyper["momentum"], dynamic.steps) == (1e-8, 0.9, 30000)
+    assert (dynamic.dtype, dynamic.log_every, dynamic.init.name) == ("float32", 2000, "normal")
 
 
 def test_rmsprop_alone_defaults_to_a_converging_lr_and_torch_defaults() -> None:
     s = config.check(polyexp.compose(["optimizer=rmsprop"]))
-    assert s.hyper == {
+    assert s.optimizer.hyper() == {
         "lr": 1e-3,
         "alpha": 0.99,
         "eps": 1e-8,
@@ -98,7 +95,7 @@ def test_rmsprop_alone_defaults_to_a_converging_lr_and_torch_defaults() -> None:
 
 def test_a_preset_still_takes_overrides() -> None:
     s = config.check(polyexp.compose(["experiment=seed_optim", "optimizer.lr=1e-3", "steps=5"]))
-    assert (s.hyper["lr"], s.steps, s.optimizer) == (1e-3, 5, "rmsprop")
+    assert (s.optimizer.lr, s.steps, s.optimizer.name) == (1e-3, 5, "rmsprop")
 
 
 def test_the_error_lists_the_choices() -> None:

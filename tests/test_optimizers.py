@@ -29,23 +29,29 @@ def _grad(theta: np.ndarray, matrix: np.ndarray, target: np.ndarray) -> np.ndarr
     return 2 * matrix.T @ (matrix @ theta - target)
 
 
+CLASSES = {"sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}
+
+
 def _trajectories(
     name: str, hyper: dict, xp_name: str, steps: int = 50
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The option's own rule against its torch.optim counterpart (what the autograd backend
+    steps with), on the same gradients."""
     rng = np.random.default_rng(0)
     matrix, target, theta0 = rng.normal(size=(6, 4)), rng.normal(size=6), rng.normal(size=4)
+    option = CLASSES[name](name=name, **hyper)
+    assert option.torch_class is not None
 
     reference = torch.tensor(theta0, requires_grad=True)
-    torch_class = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}[name]
-    torch_optimizer = torch_class([reference], **hyper)
+    torch_step = option.torch_step([reference])
 
     xp = np if xp_name == "numpy" else torch
     theta = theta0.copy() if xp is np else torch.tensor(theta0)
-    ours = optimizers.build(name, hyper, xp)
+    ours = option.rule(xp)
     state = ours.init(theta)
     for _ in range(steps):
         reference.grad = torch.tensor(_grad(reference.detach().numpy(), matrix, target))
-        torch_optimizer.step()
+        torch_step()
         grad = _grad(np.asarray(theta), matrix, target)
         theta, state = ours.update(theta, grad if xp is np else torch.tensor(grad), state)
     return np.asarray(theta), reference.detach().numpy()
@@ -70,7 +76,17 @@ def test_a_wrong_rule_is_caught() -> None:
 
 
 def test_manual_sgd_is_p_minus_lr_grad() -> None:
-    rule = optimizers.manual_sgd(lr=0.5)
+    rule = optimizers.ManualSGD(name="manual_sgd", lr=0.5).rule(np)
     param, state = rule.update(np.array([1.0, 2.0]), np.array([4.0, -2.0]), rule.init(None))
     np.testing.assert_array_equal(param, [-1.0, 3.0])
     assert state is None
+
+
+def test_manual_sgd_on_autograd_is_the_seeds_in_place_step() -> None:
+    """Without a torch.optim class the autograd backend applies the rule to each Parameter."""
+    param = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    unused = torch.nn.Parameter(torch.tensor([5.0], dtype=torch.float64))  # no grad: left alone
+    step = optimizers.ManualSGD(name="manual_sgd", lr=0.5).torch_step([param, unused])
+    param.grad = torch.tensor([4.0, -2.0], dtype=torch.float64)
+    step()
+    assert param.tolist() == [-1.0, 3.0] and unused.tolist() == [5.0]

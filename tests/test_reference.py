@@ -7,14 +7,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from polyexp import config, reference
-from polyexp.data import make_problem
+from conftest import settings
+from polyexp import reference
 
 NAMES = ("a", "b", "c", "d")
 
 
 def _optimum(overrides: list[str]) -> reference.Optimum:
-    best = reference.optimum("polynomial3", make_problem(config.check(polyexp.compose(overrides))))
+    s = settings(*overrides)
+    problem = s.problem()
+    best = s.model.optimum(problem.x, problem.y)
     assert best is not None
     return best
 
@@ -26,7 +28,7 @@ def test_the_default_data_has_optimal_loss_8_817165() -> None:
 
 
 def test_the_optimum_solves_the_normal_equations_and_no_nudge_improves_it() -> None:
-    problem = make_problem(config.check(polyexp.compose([])))
+    problem = settings().problem()
     best = _optimum([])
     features = np.stack([problem.x**k for k in range(4)], axis=1)
     gradient = 2 * features.T @ (features @ best.coefficients - problem.y)

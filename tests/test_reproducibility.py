@@ -1,7 +1,7 @@
 """Same config and seed, same numbers: bit for bit, run after run and process after process.
 
 (That every backend and model follows one trajectory in float64 is test_backends'
-test_every_backend_and_model_follows_one_trajectory_in_float64; that they start from the same
+test_every_backend_follows_one_trajectory_in_float64; that they start from the same
 coefficients is its test_normal_init_is_seeded_and_the_same_on_every_backend_and_model.)
 """
 
@@ -19,34 +19,28 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import polyexp_cli, runs
-from polyexp import backends, config, determinism, runner
-from polyexp.data import make_problem
-from polyexp.loop import History, train
+from polyexp import config, training
 from polyexp.tracking import loss_history
 
 CONFIG = ["model=sequential", "optimizer=rmsprop", "optimizer.lr=1e-3", "steps=300", "log_every=0"]
 
 
 def _train(s: config.Settings) -> tuple[np.ndarray, np.ndarray]:
-    with determinism.settings(s):
-        fit = backends.build(s, make_problem(s))
-        history = History(fit)
-        train(fit, s.steps, history, log_every=0)
-        return history.values(), fit.coefficients()
+    done = training.train(replace(s, log_every=0))
+    return done.losses, done.theta
 
 
 def _settings(overrides: list[str]) -> config.Settings:
     return config.check(polyexp.compose([*overrides, "steps=100"]))
 
 
-@pytest.mark.parametrize("backend", config.BACKENDS)
+@pytest.mark.parametrize("backend", config.options("backend"))
 def test_every_model_optimizer_and_dtype_repeats_bit_for_bit(backend: str) -> None:
     base = _settings([f"backend={backend}", "optimizer=rmsprop"])  # composed once: Hydra is slow
-    for model, optimizer, dtype in itertools.product(
-        config.MODELS, config.OPTIMIZERS, config.DTYPES
-    ):
-        hyper = _settings([f"optimizer={optimizer}"]).hyper
-        s = replace(base, model=model, optimizer=optimizer, hyper=hyper, dtype=dtype)
+    models = [_settings([f"model={m}"]).model for m in config.options("model")]
+    optimizers = [_settings([f"optimizer={o}"]).optimizer for o in config.options("optimizer")]
+    for model, optimizer, dtype in itertools.product(models, optimizers, config.DTYPES):
+        s = replace(base, model=model, optimizer=optimizer, dtype=dtype)
         (losses, coefficients), (again, coefficients_again) = _train(s), _train(s)
         assert losses.tobytes() == again.tobytes(), s  # bit for bit, a diverged NaN too
         assert coefficients.tobytes() == coefficients_again.tobytes(), s
@@ -54,7 +48,7 @@ def test_every_model_optimizer_and_dtype_repeats_bit_for_bit(backend: str) -> No
     assert not np.array_equal(losses, other_seed)  # equality above is not vacuous
 
 
-@pytest.mark.parametrize("backend", config.BACKENDS)
+@pytest.mark.parametrize("backend", config.options("backend"))
 def test_the_same_run_twice_in_one_process_records_the_same_numbers(
     backend: str, store: MlflowClient
 ) -> None:
@@ -73,7 +67,7 @@ def test_another_process_repeats_this_process_bit_for_bit(
     done = polyexp_cli("-m", "backend=numpy,torch,autograd", *CONFIG, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     there = {r.data.tags["backend"]: r for r in runs(store) if "backend" in r.data.tags}  # children
-    assert set(there) == set(config.BACKENDS)
+    assert set(there) == set(config.options("backend"))
     for backend, run in there.items():
         here = polyexp.run([f"backend={backend}", *CONFIG])
         assert np.array_equal(loss_history(store, run.info.run_id), here.losses), backend
@@ -89,9 +83,10 @@ def test_a_run_that_may_use_cuda_trains_in_deterministic_mode_and_restores_it_af
 
     def spy(*args: object, **kwargs: object) -> None:
         seen.append(torch.are_deterministic_algorithms_enabled())
-        train(*args, **kwargs)  # type: ignore[arg-type]
+        loop(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runner, "train", spy)
+    loop = training.loop
+    monkeypatch.setattr(training, "loop", spy)
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # remembers what was there, for teardown
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     assert not torch.are_deterministic_algorithms_enabled()
@@ -105,7 +100,7 @@ def test_a_run_that_may_use_cuda_trains_in_deterministic_mode_and_restores_it_af
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["torch", "autograd"])
 def test_cuda_repeats_bit_for_bit(backend: str) -> None:
-    for model in config.MODELS:
+    for model in config.options("model"):
         s = _settings([f"backend={backend}", f"model={model}", "device=cuda", "optimizer=rmsprop"])
         (losses, coefficients), (again, coefficients_again) = _train(s), _train(s)
         assert np.array_equal(losses, again) and np.array_equal(coefficients, coefficients_again)

@@ -15,10 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import ARTIFACTS, default_sigint, polyexp_cli, runs
-from polyexp import backends, config, sweep
-from polyexp.data import make_problem
-from polyexp.loop import History, train
+from conftest import ARTIFACTS, build_fit, default_sigint, polyexp_cli, runs
+from polyexp import config, sweep
+from polyexp.loop import History, loop
 
 FAST = ("backend=numpy", "steps=30", "log_every=0")
 FOREVER = ("steps=100000000", "log_every=0")
@@ -41,11 +40,10 @@ def children_of(parent, found: list) -> list:
 
 
 def test_training_stops_at_the_first_chunk_whose_loss_is_not_finite() -> None:
-    cfg = polyexp.compose(["backend=numpy", "optimizer=manual_sgd", "optimizer.lr=1e-3"])
-    s = config.check(cfg)
-    fit = backends.build(s, make_problem(s))
+    fit = build_fit("backend=numpy", "optimizer=manual_sgd", "optimizer.lr=1e-3")
     history = History(fit)
-    train(fit, 100_000, history, log_every=10)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loop(fit, 100_000, history, log_every=10)
     losses = history.values()
     step = history.diverged_at
     assert step is not None

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,9 +17,8 @@ import tutorial_programs
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import SHARED, polyexp_cli, runs
-from polyexp import config, models, reference, rerun
-from polyexp.data import make_problem
+from conftest import SHARED, polyexp_cli, runs, settings
+from polyexp import config, rerun
 
 START5 = [0.3, -0.5, 0.2, 0.1, 0.01]
 
@@ -54,8 +54,9 @@ def test_tutorial_dynamic_matches_the_tutorial_program_step_for_step(store: Mlfl
 def test_dynamic_draws_its_terms_from_the_seed() -> None:
     def losses(seed: int) -> np.ndarray:
         base = ["model=dynamic", "backend=numpy", "optimizer.lr=1e-8", "init=fixed"]
-        s = config.check(polyexp.compose([*base, f"init.coefficients={START5}", f"seed={seed}"]))
-        fit = models.by_hand(s.model, make_problem(s).x, make_problem(s).y, np, s.seed)
+        s = settings(*base, f"init.coefficients={START5}", f"seed={seed}")
+        problem = s.problem()
+        fit = s.model.by_hand(problem.x, problem.y, np, s.seed)
         return np.array([fit.loss_and_grad(np.array(START5))[0] for _ in range(30)])
 
     assert np.array_equal(losses(0), losses(0))
@@ -66,27 +67,28 @@ def test_dynamic_draws_its_terms_from_the_seed() -> None:
 def test_dynamic_has_three_curves_and_legendre_one() -> None:
     x = np.linspace(-np.pi, np.pi, 50)
     theta = np.array([0.1, 0.2, 0.3, 0.4])
-    (legendre,) = models.curves("legendre3", theta, x)
+    (legendre,) = _model("legendre3").curves(theta, x)
     np.testing.assert_allclose(
         legendre, 0.1 + 0.2 * 0.5 * (5 * (0.3 + 0.4 * x) ** 3 - 3 * (0.3 + 0.4 * x))
     )
-    cubic, x4, x5 = models.curves("dynamic", np.array([*theta, 0.5]), x)
+    cubic, x4, x5 = _model("dynamic").curves(np.array([*theta, 0.5]), x)
     np.testing.assert_allclose(x4 - cubic, 0.5 * x**4)
     np.testing.assert_allclose(x5 - cubic, 0.5 * (x**4 + x**5))
-    assert len(models.get("dynamic").graphs) == 3
+    assert len(_model("dynamic").graphs) == 3
 
 
 def test_dynamics_optimum_minimises_its_loss_averaged_over_its_graphs() -> None:
-    problem = make_problem(config.check(polyexp.compose(["model=dynamic"])))
-    best = reference.optimum("dynamic", problem)
+    dynamic = _model("dynamic")
+    problem = settings("model=dynamic").problem()
+    best = dynamic.optimum(problem.x, problem.y)
     assert best is not None and best.names == ("a", "b", "c", "d", "e")
     rng = np.random.default_rng(0)
     for nudge in rng.standard_normal((20, 5)) * 1e-4:
-        worse = models.loss("dynamic", best.coefficients + nudge, problem.x, problem.y)
+        worse = dynamic.loss(best.coefficients + nudge, problem.x, problem.y)
         assert worse > best.loss
-    cubic = reference.optimum("polynomial3", problem)
+    cubic = _model("polynomial3").optimum(problem.x, problem.y)
     assert cubic is not None and best.loss <= cubic.loss  # e = 0 is the cubic
-    assert reference.optimum("legendre3", problem) is None  # not linear: no closed form
+    assert _model("legendre3").optimum(problem.x, problem.y) is None  # not linear
 
 
 def test_a_legendre_run_records_without_an_optimum(
@@ -118,7 +120,7 @@ def test_a_dynamic_run_records_e_and_reruns_bit_for_bit(
         run.data.metrics["final_loss"]
         == result.final_loss
         == pytest.approx(
-            models.loss("dynamic", np.array(list(result.coefficients.values())), *_xy())
+            _model("dynamic").loss(np.array(list(result.coefficients.values())), *_xy())
         )
     )
     folder = Path(store.download_artifacts(result.run_id, "", str(tmp_path)))
@@ -135,8 +137,12 @@ def test_a_dynamic_run_records_e_and_reruns_bit_for_bit(
 
 
 def _xy() -> tuple[np.ndarray, np.ndarray]:
-    problem = make_problem(config.check(polyexp.compose([])))
+    problem = settings().problem()
     return problem.x, problem.y
+
+
+def _model(name: str) -> Any:
+    return settings(f"model={name}").model
 
 
 @pytest.mark.slow
@@ -153,7 +159,7 @@ def test_a_sweep_across_all_four_models_completes(store: MlflowClient, tmp_path:
     assert done.returncode == 0, done.stderr
     parent, *children = runs(store)
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 4
-    assert {r.data.tags["model"] for r in children} == set(config.MODELS)
+    assert {r.data.tags["model"] for r in children} == set(config.options("model"))
     assert {r.info.status for r in children} == {"FINISHED"}
     summary = done.stdout[done.stdout.index("Sweep summary") :]
-    assert all(f"| {m} " in summary for m in config.MODELS)
+    assert all(f"| {m} " in summary for m in config.options("model"))

@@ -25,7 +25,8 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from polyexp import batched, config, determinism, runner, sweep
+from polyexp import batched, config, determinism, sweep
+from polyexp.training import Trained
 
 if TYPE_CHECKING:
     from hydra_plugins.polyexp_batched_launcher.batched_launcher import BatchedLauncher
@@ -108,7 +109,7 @@ class Composer:
         return cfg
 
 
-def _record(cfg: DictConfig, parent: sweep.Parent, trained: runner.Trained | None) -> float:
+def _record(cfg: DictConfig, parent: sweep.Parent, trained: Trained | None) -> float:
     """The task of one job: polyexp's own sweep job, given what its batch trained."""
     overrides = list(HydraConfig.get().overrides.task)
     return sweep.run_job(cfg, overrides, parent, trained)
@@ -141,8 +142,8 @@ def _plan(jobs: Sequence[DictConfig], parent: sweep.Parent) -> dict[str, list[in
 
 def _train(
     jobs: Sequence[DictConfig], groups: dict[str, list[int]], max_batch: int
-) -> dict[int, runner.Trained]:
-    trained: dict[int, runner.Trained] = {}
+) -> dict[int, Trained]:
+    trained: dict[int, Trained] = {}
     for members in groups.values():
         for start in range(0, len(members), max_batch):
             part = members[start : start + max_batch]

@@ -1,18 +1,25 @@
-"""The one seam between the runner and the arrays: each backend builds a `Fit`.
+"""The one seam between the loop and the arrays: a Backend option builds a `Fit` from the
+run's model, optimizer and data (and a `BatchFit` for runs trained as one batch).
 
-A backend module (numpy, torch, autograd) has `build(settings, problem) -> Fit`. It is imported
-only when chosen, so a run on the numpy backend never imports torch.
+Each backend is a module (numpy, torch, autograd) imported only when chosen, so a run on the
+numpy backend never imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Protocol
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from polyexp.config import Settings
-from polyexp.data import Problem
+from polyexp.errors import ConfigError
+from polyexp.options import Option
+
+if TYPE_CHECKING:
+    from polyexp.config import Settings
+    from polyexp.data import Problem
+    from polyexp.models import Model
 
 
 class Fit(Protocol):
@@ -30,11 +37,55 @@ class Fit(Protocol):
         ...
 
     def coefficients(self) -> np.ndarray:
-        """The current (a, b, c, d) as float64."""
+        """The current parameters, e.g. (a, b, c, d), as float64."""
         ...
 
 
-def build(settings: Settings, problem: Problem) -> Fit:
-    module = importlib.import_module(f"polyexp.backends.{settings.backend}")
-    fit: Fit = module.build(settings, problem)
-    return fit
+class BatchFit(Fit, Protocol):
+    """B runs of one config, by rows: `step` returns their losses, shape (B,); `fetch` gives
+    (steps, B); `coefficients` (B, p)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend(Option):
+    group: ClassVar[str] = "backend"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "mps", "auto")
+    by_hand: ClassVar[bool] = False  # needs the model's gradient by hand (Model.by_hand)
+    uses_torch: ClassVar[bool] = True  # torch's deterministic mode matters (polyexp.determinism)
+
+    def check(self, model: Model, device: str) -> None:
+        """Refuses, in one line, what this backend cannot run."""
+        if device not in self.devices:
+            raise ConfigError(
+                f"device={device!r} cannot run backend={self.name}; "
+                f"choose from {', '.join(self.devices)}"
+            )
+        if self.by_hand and not model.has_by_hand:
+            raise ConfigError(
+                f"model={model.name} has no gradient by hand (Model.by_hand), which "
+                f"backend={self.name} needs; choose backend=autograd"
+            )
+
+    def build(self, s: Settings, problem: Problem) -> Fit:
+        raise NotImplementedError
+
+    def build_batch(self, settings: Sequence[Settings], problems: Sequence[Problem]) -> BatchFit:
+        """Runs that differ only in numbers (polyexp.batched), trained as one computation."""
+        raise NotImplementedError
+
+
+def hyper_columns(settings: Sequence[Settings], xp: Any, **array: Any) -> dict[str, Any]:
+    """A batch's optimizer hyper-parameters: the numbers it may vary as columns (B, 1), one row
+    per run (a pair such as Adam's betas as a pair of columns); the rest as they are, equal
+    across a batch (polyexp.batched.group_key)."""
+    first = settings[0].optimizer
+
+    def column(values: list[Any]) -> Any:
+        if isinstance(values[0], tuple):
+            return tuple(column([v[i] for v in values]) for i in range(len(values[0])))
+        return xp.asarray([[v] for v in values], **array)
+
+    hyper = first.hyper()
+    for key in first.numbers:
+        hyper[key] = column([s.optimizer.hyper()[key] for s in settings])
+    return hyper

@@ -1,19 +1,25 @@
 """torch tensors, gradients by hand: the seed's second program, with the features computed once.
 
 Kept line for line parallel to polyexp.backends.numpy, so a diff shows only the array library;
-the model's forward and backward pass are polyexp.models' by-hand math, shared by both.
+the model's forward and backward pass are its by-hand math (Model.by_hand), shared by both.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from polyexp import models, optimizers
-from polyexp.config import ConfigError, Settings
-from polyexp.data import Problem
+from polyexp.backends import Backend, hyper_columns
+from polyexp.errors import ConfigError
+from polyexp.optimizers import keep_unused
+
+if TYPE_CHECKING:
+    from polyexp.config import Settings
+    from polyexp.data import Problem
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,13 +37,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TorchFit:
-    def __init__(self, settings: Settings, problem: Problem) -> None:
-        dtype, device = getattr(torch, settings.dtype), resolve_device(settings.device)
+    def __init__(self, s: Settings, problem: Problem) -> None:
+        dtype, device = getattr(torch, s.dtype), resolve_device(s.device)
         x = torch.as_tensor(problem.x, device=device).to(dtype)
         y = torch.as_tensor(problem.y, device=device).to(dtype)
-        self.model = models.by_hand(settings.model, x, y, torch, settings.seed)
+        self.model = s.model.by_hand(x, y, torch, s.seed)
         self.theta = torch.as_tensor(problem.initial, device=device).to(dtype)
-        self.optimizer = optimizers.build(settings.optimizer, settings.hyper, torch)
+        self.optimizer = s.optimizer.rule(torch)
         self.state = self.optimizer.init(self.theta)
         self.device = str(device)
 
@@ -45,9 +51,7 @@ class TorchFit:
         loss, grad, used = self.model.loss_and_grad(self.theta)
         theta, state = self.optimizer.update(self.theta, grad, self.state)
         if used is not None:  # the pass left parameters out: they keep their value and state
-            theta, state = optimizers.keep_unused(
-                used, (theta, state), (self.theta, self.state), torch
-            )
+            theta, state = keep_unused(used, (theta, state), (self.theta, self.state), torch)
         self.theta, self.state = theta, state
         return loss
 
@@ -58,6 +62,47 @@ class TorchFit:
         return self.theta.to("cpu", torch.float64).numpy()
 
 
-def build(settings: Settings, problem: Problem) -> TorchFit:
-    torch.manual_seed(settings.seed)
-    return TorchFit(settings, problem)
+class TorchBatch:
+    """TorchFit by rows: y_pred (B, n) = theta (B, p) @ features (p, n)."""
+
+    def __init__(self, settings: Sequence[Settings], problems: Sequence[Problem]) -> None:
+        s = settings[0]
+        dtype, device = getattr(torch, s.dtype), resolve_device(s.device)
+        x = torch.as_tensor(problems[0].x, device=device).to(dtype)
+        self.x = x
+        (self.features,) = s.model.features(x, torch)  # type: ignore[attr-defined]  # one graph
+        self.y = torch.as_tensor(problems[0].y, device=device).to(dtype)
+        initial = np.stack([p.initial for p in problems])
+        self.theta = torch.as_tensor(initial, device=device).to(dtype)
+        hyper = hyper_columns(settings, torch, dtype=dtype, device=device)
+        self.optimizer = s.optimizer.rule(torch, hyper)
+        self.state = self.optimizer.init(self.theta)
+        self.device = str(device)
+
+    def step(self) -> Any:
+        y_pred = self.theta @ self.features
+        residual = y_pred - self.y
+        loss = (residual * residual).sum(1)
+        grad = 2.0 * (residual @ self.features.T)
+        self.theta, self.state = self.optimizer.update(self.theta, grad, self.state)
+        return loss
+
+    def fetch(self, losses: list[Any]) -> np.ndarray:
+        return torch.stack(losses).to("cpu", torch.float64).numpy()
+
+    def coefficients(self) -> np.ndarray:
+        return self.theta.to("cpu", torch.float64).numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class Torch(Backend):
+    """torch tensors, gradients by hand (no autograd)."""
+
+    by_hand: ClassVar[bool] = True
+
+    def build(self, s: Settings, problem: Problem) -> TorchFit:
+        torch.manual_seed(s.seed)
+        return TorchFit(s, problem)
+
+    def build_batch(self, settings: Sequence[Settings], problems: Sequence[Problem]) -> TorchBatch:
+        return TorchBatch(settings, problems)

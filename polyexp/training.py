@@ -1,0 +1,63 @@
+"""Training without recording: settings -> parts -> loop -> what training produced.
+
+`Training(s)` builds the parts (everything that can be refused is refused here, before a run
+is recorded); `run()` trains and returns a `Trained`; `losses()` gives the steps computed so
+far, for a record of a run that was stopped. Nothing here imports MLflow, and a run on the
+numpy backend never imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from polyexp import determinism
+from polyexp.config import Settings
+from polyexp.loop import History, loop
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What training produced: the finite losses (step 0 first), the first step whose loss was
+    not finite (None: none was), the final parameters and the loop's wall time."""
+
+    losses: np.ndarray
+    diverged_at: int | None
+    theta: np.ndarray  # the model's parameters, e.g. (a, b, c, d), as float64
+    train_seconds: float  # for a batch: its loop's wall time shared out among its runs
+    device: str  # where it trained, e.g. "cpu" or "cuda:0"
+    batch_size: int = 1  # how many runs trained together (polyexp.batched)
+
+
+class Training:
+    """One run's parts, built; `run()` trains them."""
+
+    def __init__(self, s: Settings) -> None:
+        self.settings = s
+        self.problem = s.problem()
+        self.fit = s.backend.build(s, self.problem)
+        self.device = self.fit.device
+        self.history = History(self.fit)
+
+    def run(self) -> Trained:
+        s, history = self.settings, self.history
+        start = time.perf_counter()
+        # A diverging run overflows on its way to inf: an outcome we report ourselves.
+        with np.errstate(over="ignore", invalid="ignore"):
+            loop(self.fit, s.steps, history, s.log_every)
+        seconds = time.perf_counter() - start
+        return Trained(
+            self.losses(), history.diverged_at, self.fit.coefficients(), seconds, self.device
+        )
+
+    def losses(self) -> np.ndarray:
+        """The finite losses computed so far, step 0 first."""
+        return self.history.values()[: self.history.diverged_at]
+
+
+def train(s: Settings) -> Trained:
+    """Trains one run of checked settings (torch's deterministic mode on a GPU, for its span)."""
+    with determinism.settings(s):
+        return Training(s).run()
