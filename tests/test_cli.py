@@ -22,10 +22,14 @@ def test_a_run_prints_like_the_seed_and_meets_the_record_contract(
 ) -> None:
     done = polyexp_cli("backend=numpy", "steps=250", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    where, *lines = done.stdout.splitlines()
+    (run,) = runs(store)
+    # First the store it records into (the test's, from MLFLOW_TRACKING_URI), then the seed's lines.
+    assert (
+        where == f"polyexp: recording run {run.info.run_id} in {os.environ['MLFLOW_TRACKING_URI']}"
+    )
     assert [line.split()[0] for line in lines[:2]] == ["99", "199"]
     assert lines[-1].startswith("Result: y = ") and " x^3  (gap to optimum " in lines[-1]
-    (run,) = runs(store)
     assert run.info.status == "FINISHED"
     assert len(store.get_metric_history(run.info.run_id, "loss")) == 250
     assert list(
