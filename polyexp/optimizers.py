@@ -198,6 +198,59 @@ class RMSprop(Optimizer):
         return Rule(init=init, update=update)
 
 
+class AdamState(NamedTuple):
+    step: Array  # per parameter, as torch.optim counts each parameter's own steps
+    exp_avg: Array
+    exp_avg_sq: Array
+    max_exp_avg_sq: Array  # used when amsgrad
+
+
+@dataclasses.dataclass(frozen=True)
+class Adam(Optimizer):
+    """torch.optim.Adam."""
+
+    lr: float = number(1e-3, positive=True)
+    betas: tuple[float, float] = number((0.9, 0.999), low=0.0, high=1.0)
+    eps: float = number(1e-8, positive=True)
+    weight_decay: float = number(0.0, low=0.0)
+    amsgrad: bool = False
+    torch_class: ClassVar[str | None] = "torch.optim.Adam"
+    numbers: ClassVar[tuple[str, ...]] = ("lr", "betas", "eps", "weight_decay")
+
+    def __post_init__(self) -> None:
+        if any(beta >= 1 for beta in self.betas):
+            raise ConfigError(f"optimizer.betas={list(self.betas)}: expected numbers in [0, 1)")
+
+    def rule(self, xp: ModuleType, hyper: Mapping[str, Any] | None = None) -> Rule:
+        h = hyper or self.hyper()
+        lr, (beta1, beta2), eps = h["lr"], h["betas"], h["eps"]
+        weight_decay, amsgrad = h["weight_decay"], h["amsgrad"]
+        decay = _on(weight_decay)
+
+        def init(param: Array) -> AdamState:
+            zeros = param * 0
+            return AdamState(zeros, zeros, zeros, zeros)
+
+        def update(param: Array, grad: Array, state: AdamState) -> tuple[Array, AdamState]:
+            step = state.step + 1
+            if decay:
+                grad = grad + weight_decay * param
+            exp_avg = state.exp_avg + (1 - beta1) * (grad - state.exp_avg)  # torch's lerp
+            exp_avg_sq = beta2 * state.exp_avg_sq + (1 - beta2) * (grad * grad)
+            step_size = lr / (1 - beta1**step)
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            max_exp_avg_sq = state.max_exp_avg_sq
+            if amsgrad:
+                max_exp_avg_sq = xp.maximum(max_exp_avg_sq, exp_avg_sq)
+                denom = xp.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
+            else:
+                denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+            param = param - step_size * (exp_avg / denom)
+            return param, AdamState(step, exp_avg, exp_avg_sq, max_exp_avg_sq)
+
+        return Rule(init=init, update=update)
+
+
 def keep_unused(used: Array, new: Any, old: Any, xp: ModuleType) -> Any:
     """`new` where `used` is true, `old` elsewhere, leaf by leaf over (param, state) trees: the
     parameters a forward pass left out keep their value and state, as torch.optim skips a

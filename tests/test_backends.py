@@ -12,16 +12,16 @@ import polyexp
 from conftest import build_fit, settings, trained
 from polyexp import config
 
-LR = {"manual_sgd": 1e-6, "sgd": 1e-6, "rmsprop": 1e-3}
+LR = {"manual_sgd": 1e-6, "sgd": 1e-6, "rmsprop": 1e-3, "adam": 1e-2}
 # Where each model trains: legendre3 near the tutorial's start (off its symmetric a = c = 0,
 # where RMSprop would scale rounding noise up to whole steps); dynamic's x^5 needs small steps.
 TRAINS = {
     "legendre3": (
-        {"manual_sgd": 5e-6, "sgd": 1e-6, "rmsprop": 1e-3},
+        {"manual_sgd": 5e-6, "sgd": 1e-6, "rmsprop": 1e-3, "adam": 1e-3},
         ["init=fixed", "init.coefficients=[0.1,-1,0.1,0.3]"],
     ),
     "dynamic": (
-        {"manual_sgd": 1e-8, "sgd": 1e-8, "rmsprop": 1e-4},
+        {"manual_sgd": 1e-8, "sgd": 1e-8, "rmsprop": 1e-4, "adam": 1e-4},
         ["init=fixed", "init.coefficients=[0.3,-0.5,0.2,0.1,0.01]"],
     ),
 }

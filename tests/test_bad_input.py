@@ -35,7 +35,11 @@ CONFIG_ROWS = [
         "model=mlp is not an option; choose from dynamic, legendre3, polynomial3, sequential",
         PROCESS,
     ),
-    (["optimizer=adam"], "optimizer=adam is not an option; choose from manual_sgd", None),
+    (
+        ["optimizer=adagrad"],
+        "optimizer=adagrad is not an option; choose from adam, manual_sgd",
+        None,
+    ),
     (["model._target_=mlp.MLP"], "model._target_='mlp.MLP' cannot be imported", None),
     (["backend._target_=polyexp.models.Sequential"], "is not a polyexp.backends.Backend", None),
     (["dtype=float16"], "dtype='float16' is not an option; choose from float32, float64", None),

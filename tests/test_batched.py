@@ -32,6 +32,13 @@ MEMBERS = {
         {"optimizer.lr": 5e-7, "optimizer.momentum": 0.5, "optimizer.weight_decay": 0.1},
         {"optimizer.lr": 2e-6, "optimizer.momentum": 0.7, "optimizer.dampening": 0.2},
     ],
+    "adam": [
+        # Adam, like RMSprop below, moves each coefficient by about lr a step: these stay clear
+        # of the optimum's a = c = 0 in 150 steps.
+        {"optimizer.lr": 5e-4, "optimizer.betas": "[0.9,0.999]"},
+        {"optimizer.lr": 2e-4, "optimizer.betas": "[0.8,0.99]", "optimizer.weight_decay": 0.1},
+        {"optimizer.lr": 1e-3, "optimizer.betas": "[0.5,0.9]", "optimizer.eps": 1e-6},
+    ],
     "rmsprop": [
         {"optimizer.lr": 1e-3, "optimizer.momentum": 0.5},
         {"optimizer.lr": 5e-4, "optimizer.alpha": 0.9, "optimizer.momentum": 0.0},

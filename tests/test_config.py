@@ -19,11 +19,11 @@ def _options(group: str) -> list[str]:
 
 
 def test_the_axes_offer_what_the_design_names() -> None:
-    assert _options("model") == sorted(config.options("model"))
-    assert _options("optimizer") == sorted(config.options("optimizer"))
-    assert _options("backend") == sorted(config.options("backend"))
-    assert _options("device") == sorted(config.options("device"))
-    assert _options("init") == sorted(config.options("init"))
+    assert config.options("model") == ("dynamic", "legendre3", "polynomial3", "sequential")
+    assert config.options("optimizer") == ("adam", "manual_sgd", "rmsprop", "sgd")
+    assert config.options("backend") == ("autograd", "numpy", "torch")
+    assert config.options("device") == ("auto", "cpu", "cuda", "mps")
+    assert config.options("init") == ("fixed", "normal")
     seeds = ["seed_numpy", "seed_tensor", "seed_autograd", "seed_nn", "seed_optim", "seed_module"]
     assert _options("experiment") == sorted([*seeds, "tutorial_legendre", "tutorial_dynamic"])
 
@@ -109,3 +109,18 @@ def test_config_yaml_comments_every_top_level_key() -> None:
         line = next(row for row in text.splitlines() if row.startswith(f"{key}:"))
         assert "#" in line, f"{key} has no comment"
     assert set(OmegaConf.load(CONF / "config.yaml")) >= {"seed", "steps", "dtype"}
+
+
+def test_adam_defaults_are_torchs() -> None:
+    s = config.check(polyexp.compose(["optimizer=adam"]))
+    assert s.optimizer.hyper() == {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+    }
+    with pytest.raises(config.ConfigError, match=r"optimizer.betas\[1\]=2: expected a number in"):
+        config.check(polyexp.compose(["optimizer=adam", "optimizer.betas=[0.9,2]"]))
+    with pytest.raises(config.ConfigError, match=r"optimizer.betas=\[0.9\]: expected a list of 2"):
+        config.check(polyexp.compose(["optimizer=adam", "optimizer.betas=[0.9]"]))

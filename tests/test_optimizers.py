@@ -15,6 +15,13 @@ SGD_CASES = [
     {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
     {"lr": 1e-2, "momentum": 0.5, "weight_decay": 0.1},
 ]
+ADAM_CASES = [
+    {"lr": 1e-2},
+    {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6},
+    {"lr": 1e-2, "weight_decay": 0.1},
+    {"lr": 1e-2, "amsgrad": True},
+    {"lr": 1e-2, "betas": (0.5, 0.9), "amsgrad": True, "weight_decay": 0.01},
+]
 RMSPROP_CASES = [
     {"lr": 1e-2},
     {"lr": 1e-3, "alpha": 0.9, "eps": 1e-6},
@@ -29,7 +36,7 @@ def _grad(theta: np.ndarray, matrix: np.ndarray, target: np.ndarray) -> np.ndarr
     return 2 * matrix.T @ (matrix @ theta - target)
 
 
-CLASSES = {"sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}
+CLASSES = {"sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop, "adam": optimizers.Adam}
 
 
 def _trajectories(
@@ -60,7 +67,9 @@ def _trajectories(
 @pytest.mark.parametrize("xp_name", ["numpy", "torch"])
 @pytest.mark.parametrize(
     ("name", "hyper"),
-    [("sgd", h) for h in SGD_CASES] + [("rmsprop", h) for h in RMSPROP_CASES],
+    [("sgd", h) for h in SGD_CASES]
+    + [("rmsprop", h) for h in RMSPROP_CASES]
+    + [("adam", h) for h in ADAM_CASES],
     ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()),
 )
 def test_update_rule_matches_torch_optim_in_float64(name: str, hyper: dict, xp_name: str) -> None:
@@ -90,3 +99,10 @@ def test_manual_sgd_on_autograd_is_the_seeds_in_place_step() -> None:
     param.grad = torch.tensor([4.0, -2.0], dtype=torch.float64)
     step()
     assert param.tolist() == [-1.0, 3.0] and unused.tolist() == [5.0]
+
+
+def test_adams_bias_correction_is_caught() -> None:
+    """Adam's first steps are its bias-corrected ones: a rule without them would differ."""
+    ours, reference = _trajectories("adam", {"lr": 1e-2}, "numpy", steps=3)
+    assert not np.allclose(ours, reference - 1e-4, rtol=1e-9)
+    np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-14)
