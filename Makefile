@@ -19,8 +19,8 @@ test: $(READY)  ## the whole suite (about 9 min on two cores; ARGS='-m "not slow
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(READY)
-	$(BIN)/ruff check polyexp hydra_plugins tests benchmarks
-	$(BIN)/ruff format --check polyexp hydra_plugins tests benchmarks
+	$(BIN)/ruff check polyexp hydra_plugins tests benchmarks examples
+	$(BIN)/ruff format --check polyexp hydra_plugins tests benchmarks examples
 	$(BIN)/mypy
 
 bench: $(READY)  ## polyexp against the seed programs; writes benchmarks/RESULTS.md (~10 min)

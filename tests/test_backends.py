@@ -158,3 +158,14 @@ def test_cuda_trains_like_the_cpu(backend: str, model: str) -> None:
     losses_cpu, on_cpu = _train([*run, "device=cpu", "dtype=float64"])
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-9)
     np.testing.assert_allclose(losses_cuda, losses_cpu, rtol=1e-9)
+
+
+@pytest.mark.parametrize("model", config.options("model"))
+@pytest.mark.parametrize("optimizer", config.options("optimizer"))
+def test_every_model_trains_with_its_own_defaults_without_diverging(
+    model: str, optimizer: str
+) -> None:
+    """dynamic's x^5 needs a smaller step than the cubic's: the model carries it (model.lr)."""
+    done = trained(f"model={model}", f"optimizer={optimizer}", "backend=numpy")
+    assert done.diverged_at is None and len(done.losses) == 2000
+    assert done.losses[-20:].mean() < 0.5 * done.losses[:20].mean()

@@ -42,3 +42,17 @@ def test_ten_million_points_train_within_memory(store: MlflowClient, tmp_path: P
     # float64 x and y, float32 features (160 MB) and the final prediction: about 1 GB at most.
     assert peak_mb < 1500, out
     assert "Result: y = " in out
+
+
+def test_train_without_recording_imports_neither_mlflow_nor_torch_on_numpy(tmp_path: Path) -> None:
+    code = (
+        "import sys, polyexp;"
+        "t = polyexp.train(['backend=numpy', 'steps=20', 'log_every=0']);"
+        "print(len(t.losses), t.diverged_at, 'mlflow' in sys.modules, 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["20", "None", "False", "False"]
+    assert not (tmp_path / "outputs").exists()  # nothing recorded, no store made
