@@ -14,7 +14,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 # What every run records as artifacts.
 ARTIFACTS = {
     "config.yaml",
