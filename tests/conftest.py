@@ -42,6 +42,16 @@ def store(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowCli
     yield client
 
 
+class Payload:
+    """Pickled, it runs `open(path, "w")` when unpickled: the code a malicious file would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
 def runs(client: MlflowClient) -> list:
     """Every run of the current test's experiment, oldest first."""
     experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])

@@ -32,6 +32,7 @@ def test_a_run_prints_like_the_seed_and_meets_the_record_contract(
     assert list(
         (tmp_path / "outputs" / "runs").glob("*/*/.hydra/config.yaml")
     )  # Hydra's own record
+    assert not list((tmp_path / "outputs").rglob("*.pickle"))  # nothing for --experimental-rerun
     contract.assert_newest_run_meets_it(os.environ["MLFLOW_TRACKING_URI"])
 
 
