@@ -144,6 +144,13 @@ def test_a_multirun_has_one_finished_parent_with_a_ranked_summary_and_resumes(
     again = polyexp_cli("-m", "optimizer=sgd,rmsprop", "seed=0,1", *FAST, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped: the same config already FINISHED") == 2
+    # ... and it said so before the first job, once.
+    announced = (
+        "polyexp: resuming: 2 of this sweep's 4 jobs already FINISHED in the experiment and "
+        "will be skipped (resume=false reruns them)"
+    )
+    assert again.stdout.count(announced) == 1 and announced not in done.stdout
+    assert again.stdout.index(announced) < again.stdout.index("job 0 skipped")
     parents, children = split(runs(store))
     assert len(parents) == 2 and len(children) == 4
     assert {r.data.params["seed"] for r in children_of(parents[1], children)} == {"1"}
@@ -154,7 +161,7 @@ def test_a_multirun_has_one_finished_parent_with_a_ranked_summary_and_resumes(
     # resume=false reruns a finished job.
     third = polyexp_cli("-m", "optimizer=sgd", "resume=false", *FAST, cwd=tmp_path)
     assert third.returncode == 0, third.stderr
-    assert "skipped" not in third.stdout
+    assert "skipped" not in third.stdout and "resuming" not in third.stdout
     parents, children = split(runs(store))
     assert len(parents) == 3 and len(children_of(parents[2], children)) == 1
 
