@@ -8,6 +8,7 @@ READY := $(VENV)/.ready
 .PHONY: run test lint bench ui clean
 
 $(READY): pyproject.toml constraints.txt
+	@echo "polyexp: installing polyexp and its dependencies (torch CPU, MLflow, Hydra, ~2 GB) into $(VENV); the first time takes about 3 minutes"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@

@@ -2,8 +2,9 @@
 
     make bench                  # or: .venv/bin/python benchmarks/bench.py [--quick]
 
-Prints each figure and its ratio, and writes the table to benchmarks/RESULTS.md. Needs the
-seed (../shared/seed, beside the checkout) for the seed columns. Not part of the test suite.
+Prints each figure and its ratio, and writes the table to benchmarks/RESULTS.md. The seed's six
+programs it compares against are tests/seed_programs.py (run as written: printing every 100 steps).
+Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -66,8 +67,15 @@ def our_loop(overrides: list[str]) -> Callable[[], object]:
 
 
 def seed_loop(name: str, steps: int = 2000) -> Callable[[], object]:
-    code = compile(seed_programs.source(name, INIT, steps, keep_losses=False), name, "exec")
-    return quiet(lambda: exec(code, {}))
+    return quiet(lambda: seed_programs.run(name, INIT, steps, record=False))
+
+
+# One seed program as its own process: it imports only what that program imports.
+SEED_SCRIPT = """import sys
+sys.path.insert(0, {tests!r})
+import seed_programs
+seed_programs.run({name!r}, {init!r}, 2000, record=False)
+"""
 
 
 def section_loops(repeats: int) -> None:
@@ -105,7 +113,7 @@ def section_command(work: Path, env: dict[str, str]) -> None:
     scripts = []
     for name in PRESETS:
         path = work / f"{name}.py"
-        path.write_text(seed_programs.source(name, INIT, 2000, keep_losses=False))
+        path.write_text(SEED_SCRIPT.format(tests=str(ROOT / "tests"), name=name, init=INIT))
         scripts.append(path)
     start = time.perf_counter()
     for path in scripts:
@@ -281,8 +289,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
-    if not seed_programs.SEED_FILE.exists():
-        sys.exit(f"bench: the seed is not at {seed_programs.SEED_FILE}")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -52,8 +52,24 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+# Hydra's option (or any prefix argparse would take for it, e.g. `--experimental`).
+_HYDRA_RERUN = "--experimental-rerun"
+NO_HYDRA_RERUN = (
+    "--experimental-rerun is not supported: it unpickles a file, which can run any code in it; "
+    "rerun a recorded run from its MLflow record with: polyexp-rerun RUN_ID (any unique prefix)"
+)
+
+
+def asks_hydra_rerun(argv: list[str]) -> bool:
+    """Whether Hydra would read `argv` as its `--experimental-rerun` (argparse takes prefixes)."""
+    options = (arg.split("=", 1)[0] for arg in argv if arg.startswith("--"))
+    return any(len(option) > 2 and _HYDRA_RERUN.startswith(option) for option in options)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    if asks_hydra_rerun(sys.argv[1:]):  # refused before Hydra can load the pickle
+        sys.exit(f"polyexp: error: {NO_HYDRA_RERUN}")
     # Hydra prints composition errors over several lines; unless the user asked for Hydra's
     # full errors, let them through and print them in one line instead.
     condense = "HYDRA_FULL_ERROR" not in os.environ

@@ -1,5 +1,5 @@
 """`polyexp-rerun RUN_ID`: run a recorded run again from its MLflow record, and say whether the
-loss history came out bit for bit the same.
+loss history came out bit for bit the same. RUN_ID may be any unique prefix of the id.
 
 The record alone is enough: the run's `config.yaml` artifact is the resolved composed config
 and `overrides.yaml` its command-line overrides. The rerun is a new run in the same store
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
 
 import numpy as np
-from mlflow.entities import Run
+from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -51,6 +52,44 @@ def recorded_config(client: MlflowClient, run_id: str) -> tuple[DictConfig, list
     if not isinstance(cfg, DictConfig):
         raise CannotRerun(f"run {run_id}: config.yaml does not hold a config mapping")
     return cfg, [str(o) for o in OmegaConf.to_container(overrides)]  # type: ignore[union-attr]
+
+
+def resolve_run_id(client: MlflowClient, given: str) -> str:
+    """The full id of the one run whose id is `given` or starts with it (as git takes a unique
+    prefix of a commit); CannotRerun names an unknown or ambiguous prefix."""
+    try:
+        return client.get_run(given).info.run_id
+    except MlflowException:
+        pass
+    prefix = given.lower()
+    matches = []
+    if re.fullmatch(r"[0-9a-f]+", prefix):  # run ids are hex: nothing for LIKE to misread
+        experiments, token = [], None
+        while True:  # every experiment, deleted ones too (as get_run finds their runs)
+            page = client.search_experiments(view_type=ViewType.ALL, page_token=token)
+            experiments += [e.experiment_id for e in page]
+            if not (token := page.token):
+                break
+        if experiments:
+            found = client.search_runs(
+                experiments,
+                f"attributes.run_id LIKE '{prefix}%'",
+                run_view_type=ViewType.ALL,
+                max_results=4,
+            )
+            matches = sorted(r.info.run_id for r in found)
+    if not matches:
+        raise CannotRerun(
+            f"no run id is or starts with {given!r} in the store {tracking.tracking_uri()} "
+            "(a run in another store: set MLFLOW_TRACKING_URI)"
+        )
+    if len(matches) > 1:
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise CannotRerun(
+            f"the run id prefix {given!r} is ambiguous: runs {shown} all start with it; "
+            "give more of the id"
+        )
+    return matches[0]
 
 
 def source_run(client: MlflowClient, run_id: str) -> Run:
@@ -94,6 +133,7 @@ def rerun(run_id: str) -> tuple[bool, str]:
     """Reruns `run_id` as a new run; returns (bit-identical?, a one-line verdict)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files
     client = open_store()
+    run_id = resolve_run_id(client, run_id)
     source = source_run(client, run_id)
     cfg, overrides = recorded_config(client, run_id)
     from polyexp.runner import run  # after the checks, so a bad id answers fast
@@ -142,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "and report whether the loss history is bit-identical. Exit status: 0 identical, "
         "1 different, 2 cannot rerun.",
     )
-    parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id to rerun")
+    parser.add_argument(
+        "run_id", metavar="RUN_ID", help="the MLflow run id to rerun, or any unique prefix of it"
+    )
     args = parser.parse_args(argv)
     try:
         identical, verdict = rerun(args.run_id)

@@ -11,6 +11,9 @@ also when Hydra re-raises a failed job (then `on_multirun_end` never runs): neve
 
 from __future__ import annotations
 
+import copy
+import functools
+import itertools
 import json
 import math
 import os
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from polyexp import config
 
@@ -94,11 +97,12 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            self._open_parent(config)
+            parent = self._open_parent(config)
         except Exception as error:
             raise SweepAborted(str(error)) from error
+        announce_resume(config, parent)
 
-    def _open_parent(self, config: DictConfig) -> None:
+    def _open_parent(self, config: DictConfig) -> Parent:
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
 
@@ -122,6 +126,97 @@ class SweepCallback(Callback):
         parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
         (folder / "parent.json").write_text(json.dumps(asdict(parent), indent=2) + "\n")
         _open[parent.run_id] = parent  # closed where `parents()` ends
+        return parent
+
+
+def announce_resume(sweep_cfg: DictConfig, parent: Parent) -> None:
+    """Before the first job: how many of the sweep's jobs resume will skip (they already
+    FINISHED in the experiment), if any. Best effort: a sweep it cannot foresee (another
+    sweeper than Hydra's basic one, an override it cannot expand) it says nothing about."""
+    try:
+        skipped, total = resumed_jobs(sweep_cfg, parent)
+    except Exception:  # the jobs still say so one by one
+        return
+    if skipped:
+        print(
+            f"polyexp: resuming: {skipped} of this sweep's {total} jobs already FINISHED in the "
+            "experiment and will be skipped (resume=false reruns them)",
+            flush=True,
+        )
+
+
+def resumed_jobs(sweep_cfg: DictConfig, parent: Parent) -> tuple[int, int]:
+    """(how many jobs run_job will skip, how many jobs) for a sweep of Hydra's basic sweeper."""
+    from mlflow.tracking import MlflowClient
+
+    jobs = job_overrides(sweep_cfg)
+    client = MlflowClient(parent.uri)
+    finished = client.search_runs(  # none in the experiment: nothing to compose
+        [parent.experiment_id],
+        "attributes.status = 'FINISHED' and tags.config_hash LIKE '%'",
+        max_results=1,
+    )
+    if not jobs or not finished:
+        return 0, len(jobs)
+    groups = set(sweep_cfg.hydra.runtime.choices)
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    fingerprints = []
+    for overrides in jobs:
+        cfg = _task_config(overrides, groups, composed, str(sweep_cfg.hydra.job.config_name))
+        if cfg.get("resume", True):
+            fingerprints.append(config.fingerprint(cfg))
+    twins = {f: finished_twin(client, parent.experiment_id, f) for f in set(fingerprints)}
+    return sum(twins[f] is not None for f in fingerprints), len(jobs)
+
+
+def job_overrides(sweep_cfg: DictConfig) -> list[list[str]]:
+    """Every job's overrides, as Hydra's basic sweeper expands the sweep (its `params`, then the
+    command line's overrides; a product of the comma lists and ranges)."""
+    if sweep_cfg.hydra.runtime.choices.get("hydra/sweeper") != "basic":
+        raise ValueError("only Hydra's basic sweeper lists its jobs before they run")
+    params = [f"{k}={v}" for k, v in (sweep_cfg.hydra.sweeper.get("params") or {}).items()]
+    columns: dict[str, list[str]] = {}
+    for o in _parser().parse_overrides([*params, *sweep_cfg.hydra.overrides.task]):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            columns[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            columns[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            raise ValueError(f"{o.input_line}: not a sweep the basic sweeper expands")
+    return [list(job) for job in itertools.product(*columns.values())]
+
+
+@functools.cache
+def _parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _task_config(
+    overrides: list[str], groups: set[str], composed: dict[tuple[str, ...], DictConfig], name: str
+) -> DictConfig:
+    """A job's config without `hydra`, as the job gets it. Hydra takes ~0.1 s to compose one, so
+    jobs that differ only in values (`optimizer.lr=...`) share one composition and set those
+    values on a copy, as Hydra sets a value override after composing."""
+    import hydra
+
+    parsed = _parser().parse_overrides(overrides)
+    plain = [
+        o
+        for o in parsed
+        if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override())
+        and o.package is None
+        and o.key_or_group not in groups
+    ]
+    rest = tuple(str(o.input_line) for o in parsed if all(o is not p for p in plain))
+    if rest not in composed:
+        composed[rest] = hydra.compose(config_name=name, overrides=list(rest))
+    cfg = copy.deepcopy(composed[rest])
+    for o in plain:
+        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+    return cfg
 
 
 # --- in the job -------------------------------------------------------------------------------

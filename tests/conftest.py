@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 import polyexp
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 # What every run records as artifacts.
 ARTIFACTS = {
     "config.yaml",
@@ -44,6 +43,16 @@ def store(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowCli
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     client = MlflowClient(store_uri)
     yield client
+
+
+class Payload:
+    """Pickled, it runs `open(path, "w")` when unpickled: the code a malicious file would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
 
 
 def runs(client: MlflowClient) -> list:

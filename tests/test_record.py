@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import ARTIFACTS, runs
+from conftest import ARTIFACTS, Payload, runs
 from polyexp import tracking
 from polyexp.config import ConfigError
 
@@ -65,16 +65,6 @@ def test_artifacts_hold_config_overrides_result_parameters_and_plots(store: Mlfl
         assert files[plot].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-class _Payload:
-    """Pickled, it runs `open(path, "w")` when unpickled: the code a malicious file would run."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.path), "w"))
-
-
 def test_parameters_read_back_as_plain_arrays_and_pickles_are_refused(
     store: MlflowClient, tmp_path: Path
 ) -> None:
@@ -86,7 +76,7 @@ def test_parameters_read_back_as_plain_arrays_and_pickles_are_refused(
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil" / "parameters.npz"
     evil.parent.mkdir()
-    np.savez(evil, a=np.array([_Payload(marker)], dtype=object))
+    np.savez(evil, a=np.array([Payload(marker)], dtype=object))
     experiment = store.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
     run = store.create_run(experiment.experiment_id)
     store.log_artifact(run.info.run_id, str(evil))

@@ -104,22 +104,3 @@ def test_cuda_repeats_bit_for_bit(backend: str) -> None:
         s = _settings([f"backend={backend}", f"model={model}", "device=cuda", "optimizer=rmsprop"])
         (losses, coefficients), (again, coefficients_again) = _train(s), _train(s)
         assert np.array_equal(losses, again) and np.array_equal(coefficients, coefficients_again)
-
-
-@pytest.mark.slow
-def test_hydras_own_rerun_from_an_outputs_folder_repeats_the_run(
-    store: MlflowClient, tmp_path: Path
-) -> None:
-    def polyexp_command(*args: str) -> None:
-        done = polyexp_cli(*args, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-
-    polyexp_command("backend=numpy", "steps=50", "log_every=0")
-    (pickle,) = (tmp_path / "outputs" / "runs").glob("*/*/.hydra/config.pickle")
-    polyexp_command("--experimental-rerun", str(pickle))
-    first, again = runs(store)
-    assert again.info.run_name == first.info.run_name == "polynomial3-sgd-numpy-cpu steps=50"
-    assert again.data.tags["command"].endswith(f"--experimental-rerun {pickle}")
-    assert np.array_equal(
-        loss_history(store, first.info.run_id), loss_history(store, again.info.run_id)
-    )

@@ -89,7 +89,9 @@ def test_rerun_of_a_sweep_job_in_a_store_elsewhere(tmp_path: Path) -> None:
     jobs = client.search_runs([experiment.experiment_id], "params.seed = '1'")
     (job,) = jobs
 
-    done = _command(str(SCRIPT), job.info.run_id, cwd=tmp_path / "b", MLFLOW_TRACKING_URI=elsewhere)
+    short = job.info.run_id[:8]  # as the sweep summary prints it
+    assert f"| {short} |" in sweep.stdout
+    done = _command(str(SCRIPT), short, cwd=tmp_path / "b", MLFLOW_TRACKING_URI=elsewhere)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith("polyexp-rerun: identical: ")
     (again,) = client.search_runs(
@@ -173,13 +175,32 @@ def test_a_run_not_made_by_polyexp_cannot_be_rerun(
 def test_an_unknown_run_id_is_one_line_and_exit_status_2(
     store: MlflowClient, store_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _rerun_in_process("0123456789abcdef", capsys)
-    assert code == 2 and out == []
-    assert err == [
-        f"polyexp-rerun: error: no run '0123456789abcdef' in the store {store_uri} "
-        "(set MLFLOW_TRACKING_URI)"
-    ]
+    for unknown in ("0123456789abcdef", "zz%"):
+        code, out, err = _rerun_in_process(unknown, capsys)
+        assert code == 2 and out == []
+        assert err == [
+            f"polyexp-rerun: error: no run id is or starts with {unknown!r} in the store "
+            f"{store_uri} (a run in another store: set MLFLOW_TRACKING_URI)"
+        ]
     assert runs(store) == []
+
+
+def test_a_unique_prefix_names_its_run_and_an_ambiguous_one_is_one_line(
+    store: MlflowClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = store.create_experiment(f"{os.environ['MLFLOW_EXPERIMENT_NAME']}-prefix")
+    ids: list[str] = []
+    while len({i[0] for i in ids}) == len(ids):  # until two ids share their first character
+        ids.append(store.create_run(experiment).info.run_id)
+    store.set_terminated(ids[-1], "FINISHED")
+    # A unique prefix (any case) resolves to the whole id: the error names the full run.
+    code, _, err = _rerun_in_process(ids[-1][:8].upper(), capsys)
+    assert code == 2 and err[0].startswith(f"polyexp-rerun: error: run {ids[-1]} has no readable ")
+    shared = ids[-1][0]
+    code, out, err = _rerun_in_process(shared, capsys)
+    assert code == 2 and out == [] and len(err) == 1
+    assert err[0].startswith(f"polyexp-rerun: error: the run id prefix {shared!r} is ambiguous: ")
+    assert err[0].endswith("all start with it; give more of the id")
 
 
 def test_without_a_store_it_says_so_and_creates_none(

@@ -1,4 +1,5 @@
-"""Each preset reproduces its seed program: the seed's own code, run from the same start."""
+"""Each preset reproduces its seed program: the seed's own code (tests/seed_programs.py), run
+from the same start."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ import seed_programs
 
 INIT = [0.3, -0.5, 0.2, 0.1]
 FLOAT64 = {"seed_numpy", "seed_autograd"}
-
-pytestmark = pytest.mark.skipif(
-    not seed_programs.SEED_FILE.exists(), reason="../shared/seed is not here"
-)
 
 
 @pytest.mark.parametrize("preset", seed_programs.NAMES)

@@ -4,6 +4,7 @@ Every test runs the real `polyexp -m ...` in a subprocess against a real SQLite 
 
 from __future__ import annotations
 
+import pickle
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import ARTIFACTS, build_fit, default_sigint, polyexp_cli, runs
-from polyexp import config, sweep
+from conftest import ARTIFACTS, Payload, build_fit, default_sigint, polyexp_cli, runs
+from polyexp import cli, config, sweep
 from polyexp.loop import History, loop
 
 FAST = ("backend=numpy", "steps=30", "log_every=0")
@@ -34,6 +35,27 @@ def split(found: list) -> tuple[list, list]:
 
 def children_of(parent, found: list) -> list:
     return [r for r in found if r.data.tags.get(sweep.PARENT_TAG) == parent.info.run_id]
+
+
+def assert_hydra_rerun_is_refused(cwd: Path, client: MlflowClient) -> None:
+    """The sweep in `cwd` left no pickle in its job folders, and one planted there is refused by
+    `polyexp --experimental-rerun` in one line, its code never run and nothing recorded."""
+    outputs = cwd / "outputs"
+    assert not list(outputs.rglob(".hydra/*.pickle"))
+    job = next(outputs.glob("multirun/*/*/0/.hydra"))
+    marker = cwd / "planted-code-ran"
+    planted = job / "config.pickle"
+    planted.write_bytes(pickle.dumps(Payload(marker)))
+    before = len(runs(client))
+    for option in ("--experimental-rerun", "--experimental"):  # argparse takes a prefix too
+        done = polyexp_cli(option, str(planted), cwd=cwd)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.splitlines() == [f"polyexp: error: {cli.NO_HYDRA_RERUN}"]
+        assert "polyexp-rerun RUN_ID" in done.stderr
+    assert not marker.exists() and len(runs(client)) == before
+    with planted.open("rb") as file:  # the payload is real: unpickling it runs its code
+        pickle.load(file)
+    assert marker.exists()
 
 
 # --- divergence (in process) -------------------------------------------------------------------
@@ -105,6 +127,7 @@ def test_a_multirun_has_one_finished_parent_with_a_ranked_summary_and_resumes(
     ranked = [row.strip("|").split("|")[2].strip() for row in table[2:]]
     assert ranked == sorted(losses, key=losses.__getitem__)
     assert parent.data.metrics["best_final_loss"] == pytest.approx(min(losses.values()))
+    assert_hydra_rerun_is_refused(tmp_path, store)
 
     # The same table and one overlay plot on the parent.
     artifacts = {a.path for a in store.list_artifacts(parent.info.run_id)}
@@ -119,6 +142,13 @@ def test_a_multirun_has_one_finished_parent_with_a_ranked_summary_and_resumes(
     again = polyexp_cli("-m", "optimizer=sgd,rmsprop", "seed=0,1", *FAST, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped: the same config already FINISHED") == 2
+    # ... and it said so before the first job, once.
+    announced = (
+        "polyexp: resuming: 2 of this sweep's 4 jobs already FINISHED in the experiment and "
+        "will be skipped (resume=false reruns them)"
+    )
+    assert again.stdout.count(announced) == 1 and announced not in done.stdout
+    assert again.stdout.index(announced) < again.stdout.index("job 0 skipped")
     parents, children = split(runs(store))
     assert len(parents) == 2 and len(children) == 4
     assert {r.data.params["seed"] for r in children_of(parents[1], children)} == {"1"}
@@ -129,7 +159,7 @@ def test_a_multirun_has_one_finished_parent_with_a_ranked_summary_and_resumes(
     # resume=false reruns a finished job.
     third = polyexp_cli("-m", "optimizer=sgd", "resume=false", *FAST, cwd=tmp_path)
     assert third.returncode == 0, third.stderr
-    assert "skipped" not in third.stdout
+    assert "skipped" not in third.stdout and "resuming" not in third.stdout
     parents, children = split(runs(store))
     assert len(parents) == 3 and len(children_of(parents[2], children)) == 1
 
@@ -181,6 +211,7 @@ def test_sixteen_parallel_writers_on_a_fresh_sqlite_store_lose_nothing(
     )
     assert done.returncode == 0, done.stderr
     assert "database is locked" not in done.stderr + done.stdout
+    assert "pickle" not in (done.stderr + done.stdout).lower()  # no PicklingError warnings
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "joblib"]
     found = list(client.search_runs([experiment.experiment_id]))
@@ -198,6 +229,7 @@ def test_sixteen_parallel_writers_on_a_fresh_sqlite_store_lose_nothing(
         assert sorted(m.step for m in history) == list(range(30))
         assert {"final_loss", "a", "b", "c", "d"} <= set(child.data.metrics)
         assert {a.path for a in client.list_artifacts(child.info.run_id)} == ARTIFACTS
+    assert_hydra_rerun_is_refused(tmp_path, client)
 
 
 @pytest.mark.slow
@@ -215,6 +247,7 @@ def test_submitit_local_runs_every_job_as_a_child(store: MlflowClient, tmp_path:
     assert parent.info.status == "FINISHED"
     assert sorted(r.data.params["seed"] for r in children_of(parent, children)) == ["0", "1"]
     assert parent.data.tags["sweep.pid"] not in {r.data.tags["sweep.pid"] for r in children}
+    assert_hydra_rerun_is_refused(tmp_path, store)
 
 
 @pytest.mark.slow

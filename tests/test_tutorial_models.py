@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import contract
 import numpy as np
 import pytest
 import tutorial_programs
 from mlflow.tracking import MlflowClient
 
 import polyexp
-from conftest import SHARED, polyexp_cli, runs, settings
+from conftest import polyexp_cli, runs, settings
 from polyexp import config, rerun
 
 START5 = [0.3, -0.5, 0.2, 0.1, 0.01]
@@ -128,12 +127,7 @@ def test_a_dynamic_run_records_e_and_reruns_bit_for_bit(
         assert sorted(saved.files) == ["a", "b", "c", "d", "e"]
     identical, verdict = rerun.rerun(result.run_id)
     assert identical, verdict
-    contract = SHARED / "contract" / "check_record.py"  # the newest run: the rerun
-    if contract.exists():
-        check = subprocess.run(
-            [sys.executable, str(contract)], capture_output=True, text=True, env={**os.environ}
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
+    contract.assert_newest_run_meets_it(os.environ["MLFLOW_TRACKING_URI"])  # newest: the rerun
 
 
 def _xy() -> tuple[np.ndarray, np.ndarray]:
