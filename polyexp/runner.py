@@ -135,6 +135,7 @@ def _run(
         tags["sweep.batch_size"] = str(trained.batch_size)
 
     with tracking.start_run(run_name(s, overrides), flatten(resolved), tags) as record:
+        record.log_data(s.n, s.low, s.high)  # issue13: the data as an MLflow dataset input
         if fit is not None:
             trained = _train(fit, s, record)
         assert trained is not None
