@@ -27,8 +27,8 @@ lint: $(READY)
 bench: $(READY)  ## polyexp against the seed programs; writes benchmarks/RESULTS.md (~10 min)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
-ui: $(READY)  ## the MLflow UI on the default store: http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+ui: $(READY)  ## the MLflow UI on polyexp's store (polyexp-ui); prints the URL to open; ARGS='--port 5001'
+	$(BIN)/polyexp-ui $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun

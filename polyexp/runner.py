@@ -108,6 +108,7 @@ def _opened(
     with tracking.start_run(name, config.flatten(resolved), tags, experiment) as recorded:
         where = store.redact(recorded.client.tracking_uri)
         print(f"polyexp: recording run {recorded.run_id} in {where}")
+        recorded.log_data(s.data.n, s.data.low, s.data.high, s.data.name)  # an MLflow dataset
         yield recorded
 
 

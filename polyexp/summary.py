@@ -1,6 +1,7 @@
 """A sweep's summary: its jobs ranked by final loss, their differing choices as columns, and one
 plot overlaying every job's loss curve. Printed at the end of a multirun and recorded on the
-parent run (`summary.md`, `losses.png`)."""
+parent run (`summary.md`, `losses.png`, and its description). When the sweep varies `seed`, a
+second table groups the jobs that differ only by seed: mean, spread, min and max over seeds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +70,11 @@ def table(ranked: Sequence[Job]) -> str:
         ]
         for i, j in enumerate(ranked, 1)
     ]
+    return markdown(header, rows)
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with aligned columns: readable in a terminal, rendered by MLflow."""
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -75,6 +82,74 @@ def table(ranked: Sequence[Job]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+SEED = "seed"  # the override key that grouping over seeds leaves out
+
+
+@dataclass(frozen=True)
+class Group:
+    """The jobs of a sweep that differ only by seed, and their final losses' statistics
+    (over the jobs that have one: a failed job has none, a diverged one counts as inf)."""
+
+    choices: tuple[tuple[str, str], ...]  # the varying keys but seed, with their values
+    jobs: tuple[Job, ...]
+    n: int  # how many final losses the statistics are over
+    mean: float
+    std: float  # sample standard deviation (n - 1); nan for a single seed
+    min: float
+    max: float
+
+
+def _group_of(jobs: Sequence[Job], keys: Sequence[str]) -> Group:
+    values = np.array([j.final_loss for j in jobs if j.final_loss is not None], dtype=np.float64)
+    choices = tuple((k, _value(jobs[0], k)) for k in keys)
+    if not len(values):
+        return Group(choices, tuple(jobs), 0, math.nan, math.nan, math.nan, math.nan)
+    with np.errstate(invalid="ignore"):  # inf - inf in the spread of a diverged group
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    stats = (float(np.mean(values)), std, float(np.min(values)), float(np.max(values)))
+    return Group(choices, tuple(jobs), len(values), *stats)
+
+
+def groups(jobs: Sequence[Job]) -> list[Group]:
+    """The jobs grouped by their choices without `seed`, best mean first (groups without a loss
+    last); empty when the sweep does not vary `seed`."""
+    keys = choices(jobs)
+    if len(jobs) < 2 or SEED not in keys:
+        return []
+    others = [k for k in keys if k != SEED]
+    members: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        members.setdefault(tuple(_value(job, k) for k in others), []).append(job)
+    found = [_group_of(g, others) for g in members.values()]
+    return sorted(found, key=lambda g: (math.isnan(g.mean), g.mean))
+
+
+def _number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def grouped_table(found: Sequence[Group]) -> str:
+    """One row per configuration without seed: seeds, mean, std, min and max of final_loss."""
+    keys = [k for k, _ in found[0].choices] if found else []
+    header = ["rank", *keys, "seeds", "mean", "std", "min", "max"]
+    rows = [
+        [str(i), *(v for _, v in g.choices), str(g.n), *map(_number, (g.mean, g.std, g.min, g.max))]
+        for i, g in enumerate(found, 1)
+    ]
+    return markdown(header, rows)
+
+
+def description(table: str, grouped: str | None, url: str | None) -> str:
+    """The parent run's description (`mlflow.note.content`, shown on its page): the ranked
+    table, the table over seeds when there is one, and where to compare the jobs."""
+    parts = ["Jobs ranked by final_loss (best first):", "", table]
+    if grouped:
+        parts += ["", "Grouped over seeds, ranked by mean final_loss:", "", grouped]
+    if url:
+        parts += ["", f"Compare them in the MLflow UI (`polyexp-ui`): {url}"]
+    return "\n".join(parts) + "\n"
 
 
 def label(job: Job, keys: Sequence[str]) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from polyexp import config
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from polyexp.training import Trained
 
 PARENT_TAG = "mlflow.parentRunId"
+GROUP_TAG = "sweep.group"  # a job's config hash without seed: jobs differing only by seed share it
 FOLDER = ".polyexp"  # inside the sweep dir: parent.json, jobs/<num>.json
 
 # Job outcomes, as the job files and the summary spell them.
@@ -250,6 +251,14 @@ def finished_twin(client: MlflowClient, experiment_id: str, fingerprint: str) ->
     return found[0] if found else None
 
 
+def seed_group(cfg: DictConfig) -> str:
+    """The config hash of `cfg` with its seed left out (set to null)."""
+    unseeded = cfg.copy()
+    with read_write(unseeded), open_dict(unseeded):
+        unseeded.seed = None
+    return config.fingerprint(unseeded)
+
+
 def run_job(
     cfg: DictConfig, overrides: list[str], parent: Parent, trained: Trained | None = None
 ) -> float:
@@ -278,6 +287,7 @@ def run_job(
             return final_loss
     try:
         tags = {PARENT_TAG: parent.run_id, "sweep.job": str(num), "sweep.pid": str(os.getpid())}
+        tags[GROUP_TAG] = seed_group(cfg)
         if trained is None:
             result = runner.run(cfg, overrides, tags)
         else:
@@ -303,6 +313,32 @@ def _write(parent: Parent, job: Job) -> None:
 def jobs_of(parent: Parent) -> list[Job]:
     files = sorted((Path(parent.folder) / "jobs").glob("*.json"), key=lambda p: int(p.stem))
     return [Job(**json.loads(p.read_text())) for p in files]
+
+
+def _summarize(client: MlflowClient, parent: Parent, ranked: list[Job], children: list) -> None:
+    """Prints the ranked table (and the one over seeds), writes the sweep's views in the MLflow
+    UI, prints their URLs, and records it all on the parent: summary.md, losses.png and its
+    description."""
+    from polyexp import summary, ui
+
+    table = summary.table(ranked)
+    print(f"\nSweep summary ({len(ranked)} jobs, parent run {parent.run_id}):\n{table}")
+    groups = summary.groups(ranked)
+    grouped = summary.grouped_table(groups) if groups else None
+    if grouped:
+        print(
+            f"\nGrouped over seeds ({len(groups)} configurations), by mean final_loss:\n{grouped}"
+        )
+    text = table + (f"\n\nGrouped over seeds:\n\n{grouped}" if grouped else "")
+    views = ui.save_sweep_views(
+        client, parent.experiment_id, parent.run_id, summary.choices(ranked), children
+    )
+    print(f"\npolyexp: compare the {len(ranked)} jobs in the MLflow UI (polyexp-ui): {views.url}")
+    if views.seeds_url:
+        print(f"polyexp: the same jobs grouped over seeds: {views.seeds_url}")
+    summary.record(client, parent.run_id, ranked, text)
+    note = summary.description(table, grouped, views.url)
+    client.set_tag(parent.run_id, "mlflow.note.content", note)
 
 
 def finish(parent: Parent, error: str | None) -> None:
@@ -341,9 +377,7 @@ def finish(parent: Parent, error: str | None) -> None:
             parent.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
         )
         if jobs:
-            table = summary.table(ranked)
-            print(f"\nSweep summary ({len(jobs)} jobs, parent run {parent.run_id}):\n{table}")
-            summary.record(client, parent.run_id, ranked, table)
+            _summarize(client, parent, ranked, children)
     except Exception as problem:  # a broken summary must never keep the parent RUNNING
         print(f"polyexp: the sweep summary failed: {problem}", file=sys.stderr)
         client.set_tag(parent.run_id, "error", f"summary: {type(problem).__name__}: {problem}")

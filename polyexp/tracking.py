@@ -8,7 +8,10 @@ that could leak into the next job of a multirun, and 2000 step losses in one cal
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -27,6 +30,8 @@ from polyexp import store
 
 DEFAULT_EXPERIMENT = "polyexp"
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
+# The experiment tag that tells MLflow 3's UI this is model training, not GenAI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 # MLflow and alembic announce schema migrations at INFO, which Hydra would print on every new store.
 for _name in ("alembic", "mlflow.store.db.utils"):
@@ -49,7 +54,7 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     db = store.sqlite_path(uri)
     location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND))
     except MlflowException:  # another process created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -69,14 +74,41 @@ class RecordedRun:
         batched writes: one call instead of one a step (2000 single calls take ~7 s on SQLite)."""
         now = int(time.time() * 1000)
         metrics = [Metric("loss", float(v), now, step) for step, v in enumerate(losses)]
-        metrics += [Metric(k, float(v), now, 0) for k, v in final.items()]
+        # A value that is not finite (a diverged run's final_loss, gap_to_optimum) is logged as
+        # NaN: SQL stores write inf as 1.7976931348623157e308, which reads as a number in the UI,
+        # and sort NaN last. The run's `diverged` tag and result.json (inf) say what happened.
+        metrics += [
+            Metric(k, float(v) if math.isfinite(v) else math.nan, now, 0) for k, v in final.items()
+        ]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+
+    def log_data(self, n: int, low: float, high: float, target: str = "sin") -> None:
+        """Logs the fitted data as the run's MLflow dataset input (context `training`): the
+        Dataset column of the UI names it, and runs can be grouped by it."""
+        self.client.log_inputs(self.run_id, [data_input(n, low, high, target)])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_artifacts(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder))
+
+
+def data_input(n: int, low: float, high: float, target: str = "sin") -> DatasetInput:
+    """The data `n` evenly spaced points x on [low, high], y = target(x), as an MLflow dataset:
+    its name says what was fitted, its digest changes with any of the four values."""
+    spec = {"target": target, "n": n, "low": low, "high": high}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    schema = {"mlflow_colspec": [{"type": "double", "name": c} for c in ("x", "y")]}
+    dataset = Dataset(
+        name=f"{target}(x) n={n} [{low:.6g}, {high:.6g}]",
+        digest=digest,
+        source_type="code",
+        source=json.dumps({"tags": {"polyexp.data": json.dumps(spec)}}),
+        schema=json.dumps(schema),
+        profile=json.dumps({"num_rows": n}),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def loss_history(client: MlflowClient, run_id: str) -> np.ndarray:
