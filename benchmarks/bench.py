@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import polyexp  # noqa: E402
 import seed_programs  # noqa: E402
-from polyexp import config, runner, training  # noqa: E402
+from polyexp import config, training  # noqa: E402
+from polyexp.record import runner  # noqa: E402
 
 INIT = [0.3, -0.5, 0.2, 0.1]
 PRESETS = seed_programs.NAMES

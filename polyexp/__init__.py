@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from polyexp.runner import Result
+    from polyexp.record.runner import Result
     from polyexp.training import Trained
 
 __version__ = "0.1.0"
@@ -45,6 +45,6 @@ def run(overrides: Sequence[str] = ()) -> Result:
 
     Returns the final coefficients, the loss at every step and the MLflow run id. A bad value
     raises polyexp.errors.ConfigError before anything is recorded."""
-    from polyexp.runner import run as run_config
+    from polyexp.record.runner import run as run_config
 
     return run_config(compose(overrides), overrides)

@@ -1,4 +1,4 @@
-"""The `polyexp` command: Hydra composes the config, polyexp.runner.run does the rest."""
+"""The `polyexp` command: Hydra composes the config, polyexp.record.runner.run does the rest."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from polyexp import sweep
 from polyexp.errors import UserError
+from polyexp.sweeps import sweep
 
 # Lines of Hydra's and OmegaConf's messages that add detail, not meaning.
 _DETAIL = ("full_key:", "object_type=", "reference_type=", "See https://", "Config search path")
@@ -22,7 +22,7 @@ _DETAIL = ("full_key:", "object_type=", "reference_type=", "See https://", "Conf
 
 @hydra.main(version_base="1.3", config_path="pkg://polyexp.conf", config_name="config")
 def _main(cfg: DictConfig) -> float:
-    from polyexp.runner import run  # after composition, so `--help` stays fast
+    from polyexp.record.runner import run  # after composition, so `--help` stays fast
 
     overrides = list(HydraConfig.get().overrides.task)
     parent = sweep.current_parent()

@@ -15,12 +15,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from polyexp.backends import Backend
-from polyexp.data import Data, Init, Problem
 from polyexp.errors import ConfigError
-from polyexp.models import Model
-from polyexp.optimizers import Optimizer
 from polyexp.options import build
+from polyexp.parts.backends import Backend
+from polyexp.parts.data import Data, Init, Problem
+from polyexp.parts.models import Model
+from polyexp.parts.optimizers import Optimizer
 
 __all__ = ["ConfigError", "Settings", "check", "fingerprint", "flatten", "options"]
 

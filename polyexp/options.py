@@ -2,7 +2,7 @@
 built from its YAML file, which names it with Hydra's `_target_`:
 
     # conf/optimizer/sgd.yaml
-    _target_: polyexp.optimizers.SGD
+    _target_: polyexp.parts.optimizers.SGD
     name: sgd
     lr: 1.0e-6
 

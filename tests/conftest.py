@@ -95,7 +95,7 @@ def settings(*overrides: str) -> Any:
 
 
 def build_fit(*overrides: str) -> Any:
-    """The run's parts built, ready to step (a polyexp.backends.Fit)."""
+    """The run's parts built, ready to step (a polyexp.parts.backends.Fit)."""
     s = settings(*overrides)
     return s.backend.build(s, s.problem())
 

@@ -86,9 +86,10 @@ def cases() -> dict[str, list[str]]:
 def _train_before(overrides: list[str]) -> np.ndarray:
     """How main at 4474228 trained without recording (runner._train, minus MLflow)."""
     import polyexp
-    from polyexp import backends, config
-    from polyexp.data import make_problem
-    from polyexp.loop import History, train
+    from polyexp import config
+    from polyexp.parts import backends
+    from polyexp.parts.data import make_problem
+    from polyexp.training.loop import History, train
 
     s = config.check(polyexp.compose(overrides))
     fit = backends.build(s, make_problem(s))

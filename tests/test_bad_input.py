@@ -41,7 +41,11 @@ CONFIG_ROWS = [
         None,
     ),
     (["model._target_=mlp.MLP"], "model._target_='mlp.MLP' cannot be imported", None),
-    (["backend._target_=polyexp.models.Sequential"], "is not a polyexp.backends.Backend", None),
+    (
+        ["backend._target_=polyexp.parts.models.Sequential"],
+        "is not a polyexp.parts.backends.Backend",
+        None,
+    ),
     (["dtype=float16"], "dtype='float16' is not an option; choose from float32, float64", None),
     (["+optimizer.betas=1"], "optimizer.betas is not a hyper-parameter of optimizer=sgd", None),
     (["stepz=5"], "Could not override 'stepz'. To append to your config use +stepz=5", None),

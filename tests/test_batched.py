@@ -21,7 +21,9 @@ from omegaconf import OmegaConf
 import polyexp
 from conftest import ARTIFACTS, polyexp_cli, runs
 from hydra_plugins.polyexp_batched_launcher._core import Composer
-from polyexp import batched, config, sweep, tracking
+from polyexp import config
+from polyexp.record import tracking
+from polyexp.sweeps import batched, sweep
 from polyexp.training import train
 
 # Hyper-parameters that exercise every term of each rule, three runs a batch.

@@ -11,7 +11,7 @@ import torch
 
 import polyexp
 from polyexp import config
-from polyexp.torch_modules import LegendreP3
+from polyexp.parts.torch_modules import LegendreP3
 
 INIT = {"dynamic": [0.3, -0.5, 0.2, 0.1, 0.05]}  # every other model: the first four
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from polyexp import optimizers
+from polyexp.parts import optimizers
 
 SGD_CASES = [
     {"lr": 1e-2},

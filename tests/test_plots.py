@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polyexp import plots
+from polyexp.record import plots
 
 X = np.linspace(-np.pi, np.pi, 2000)
 LOSSES = 1000 * np.exp(-np.arange(2000) / 300) + 9

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import ROOT, runs
-from polyexp import provenance
+from polyexp.record import provenance
 
 
 def _git(root: Path, *args: str) -> str:

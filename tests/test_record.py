@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import ARTIFACTS, Payload, runs
-from polyexp import tracking
 from polyexp.config import ConfigError
+from polyexp.record import tracking
 
 
 def _artifacts(client: MlflowClient, run_id: str) -> dict[str, Path]:
@@ -100,7 +100,7 @@ def test_a_bad_value_records_nothing(store: MlflowClient) -> None:
 def test_an_error_during_training_ends_the_run_failed_with_what_was_computed(
     store: MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from polyexp.backends.numpy import NumpyFit
+    from polyexp.parts.backends.numpy import NumpyFit
 
     original, calls = NumpyFit.step, []
 

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import settings
-from polyexp import reference
+from polyexp.parts import reference
 
 NAMES = ("a", "b", "c", "d")
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 import polyexp
 from conftest import polyexp_cli, runs
 from polyexp import config, training
-from polyexp.tracking import loss_history
+from polyexp.record.tracking import loss_history
 
 CONFIG = ["model=sequential", "optimizer=rmsprop", "optimizer.lr=1e-3", "steps=300", "log_every=0"]
 

@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import runs
-from polyexp import rerun
-from polyexp.rerun import RERUN_OF
-from polyexp.tracking import loss_history
+from polyexp.record.tracking import loss_history
+from polyexp.sweeps import rerun
+from polyexp.sweeps.rerun import RERUN_OF
 
 SCRIPT = Path(sys.executable).with_name("polyexp-rerun")
 CONFIG = ["model=sequential", "optimizer=rmsprop", "steps=200", "log_every=0"]

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import services
 from conftest import ARTIFACTS, polyexp_cli
-from polyexp import sweep
+from polyexp.sweeps import sweep
 
 pytestmark = pytest.mark.slow
 

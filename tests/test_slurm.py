@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 import slurm_cluster
 from conftest import runs
-from polyexp import sweep
+from polyexp.sweeps import sweep
 
 pytestmark = [
     pytest.mark.slow,

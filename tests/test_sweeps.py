@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import ARTIFACTS, Payload, build_fit, default_sigint, polyexp_cli, runs
-from polyexp import cli, config, sweep
-from polyexp.loop import History, loop
+from polyexp import cli, config
+from polyexp.sweeps import sweep
+from polyexp.training.loop import History, loop
 
 FAST = ("backend=numpy", "steps=30", "log_every=0")
 FOREVER = ("steps=100000000", "log_every=0")

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import polyexp_cli, runs, settings
-from polyexp import config, rerun
+from polyexp import config
+from polyexp.sweeps import rerun
 
 START5 = [0.3, -0.5, 0.2, 0.1, 0.01]
 

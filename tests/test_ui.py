@@ -2,7 +2,7 @@
 
 Needs `chromium` on PATH and the `playwright` package (a dev dependency); never downloads a
 browser. Skips without chromium. `.ci/run` installs it. Writes the README's screenshots into
-docs/. The view's format is MLflow's UI state (polyexp.ui): if an MLflow upgrade changes it,
+docs/. The view's format is MLflow's UI state (polyexp.sweeps.ui): if an MLflow upgrade changes it,
 the columns, the order or the charts below stop appearing and this test fails."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 import services
 from conftest import ROOT, polyexp_cli, runs
-from polyexp import sweep, ui
+from polyexp.sweeps import sweep, ui
 
 pytestmark = [
     pytest.mark.slow,

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 import polyexp
 from conftest import runs
-from polyexp import summary, ui
-from polyexp.sweep import Job
+from polyexp.sweeps import summary, ui
+from polyexp.sweeps.sweep import Job
 
 LOSSES = {("sgd", "1e-3"): [1.0, 2.0, 6.0], ("rmsprop", "1e-4"): [3.0, 3.5, 4.0]}
 
@@ -78,7 +78,7 @@ def test_the_view_shows_the_varying_keys_sorted_by_final_loss_loss_curves_first(
     state = ui.view_state("tags.x = 'y'", found.columns, cards)
     assert state["selectedColumns"] == [
         "metrics.`final_loss`", "metrics.`gap_to_optimum`", "metrics.`train_seconds`",
-        *found.columns,
+        "tags.`diverged`", *found.columns,
     ]  # fmt: skip
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`final_loss`", True)
     assert state["runsHiddenMode"] == "SHOW_ALL"

@@ -8,8 +8,8 @@ the autograd backend applies it to each torch Parameter.
 import dataclasses
 from typing import ClassVar
 
-from polyexp.optimizers import Optimizer, Rule
 from polyexp.options import number
+from polyexp.parts.optimizers import Optimizer, Rule
 
 
 @dataclasses.dataclass(frozen=True)

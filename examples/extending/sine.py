@@ -7,7 +7,7 @@ scalar torch Parameter per name, `forward` with torch's functions) and records i
 import dataclasses
 from typing import ClassVar
 
-from polyexp.models import Model
+from polyexp.parts.models import Model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The batched launch: compose every job, group them, train each group at once, then record
 each job through Hydra's own run_job (its folder, .hydra/ files, callbacks, JobReturn) with
-polyexp.sweep.run_job as the task (child run, tags, Job file, resume), exactly as a job of the
-basic launcher is recorded, only without training it again."""
+polyexp.sweeps.sweep.run_job as the task (child run, tags, Job file, resume), exactly as a job
+of the basic launcher is recorded, only without training it again."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from polyexp import batched, config, determinism, sweep
-from polyexp.training import Trained
+from polyexp import config
+from polyexp.sweeps import batched, sweep
+from polyexp.training import Trained, determinism
 
 if TYPE_CHECKING:
     from hydra_plugins.polyexp_batched_launcher.batched_launcher import BatchedLauncher

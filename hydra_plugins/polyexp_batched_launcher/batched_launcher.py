@@ -1,7 +1,7 @@
 """hydra/launcher=batched: a sweep's jobs that differ only in numbers train as one computation.
 
 Hydra finds this module by scanning the `hydra_plugins` namespace package and imports it on
-every start, so it imports nothing heavy; the work is in _core (and polyexp.batched).
+every start, so it imports nothing heavy; the work is in _core (and polyexp.sweeps.batched).
 """
 
 from collections.abc import Sequence

@@ -1,6 +1,6 @@
 """torch tensors, gradients by hand: the seed's second program, with the features computed once.
 
-Kept line for line parallel to polyexp.backends.numpy, so a diff shows only the array library;
+Kept line for line parallel to polyexp.parts.backends.numpy, so a diff shows only the array library;
 the model's forward and backward pass are its by-hand math (Model.by_hand), shared by both.
 """
 
@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from polyexp.backends import Backend, hyper_columns
 from polyexp.errors import ConfigError
-from polyexp.optimizers import keep_unused
+from polyexp.parts.backends import Backend, hyper_columns
+from polyexp.parts.optimizers import keep_unused
 
 if TYPE_CHECKING:
     from polyexp.config import Settings
-    from polyexp.data import Problem
+    from polyexp.parts.data import Problem
 
 
 def resolve_device(name: str) -> torch.device:

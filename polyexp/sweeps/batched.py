@@ -3,16 +3,16 @@
 Jobs whose configs differ only in numbers (the optimizer's hyper-parameters, the seed, the
 initial coefficients) run the same arithmetic: here they train together, parameters of shape
 (B, p) against the features (p, n), each run's hyper-parameters a column of shape (B, 1)
-(polyexp.optimizers takes those as they are; each backend's build_batch builds the batch).
+(polyexp.parts.optimizers takes those as they are; each backend's build_batch builds the batch).
 Each run keeps its own losses and its own divergence: rows never mix, and a run whose loss
 stops being finite keeps the coefficients it had where a run of its own would have stopped
 (the end of that chunk of steps).
 
-On every backend the update is polyexp.optimizers' rule, equal to torch.optim's in float64
+On every backend the update is polyexp.parts.optimizers' rule, equal to torch.optim's in float64
 (torch.optim cannot take one learning rate per row); on autograd the gradients still come from
 `backward()` through a batched model. The hydra/launcher=batched plugin
 (hydra_plugins/polyexp_batched_launcher) groups a sweep's jobs with `group_key` and records
-every member as its own run (polyexp.runner.record).
+every member as its own run (polyexp.record.runner.record).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from polyexp.config import Settings, flatten
-from polyexp.models import LinearModel
+from polyexp.parts.models import LinearModel
 from polyexp.training import Trained
 
 # Config keys that only change numbers of the same computation, besides the optimizer's own
 # (Optimizer.numbers).
 NUMBERS = ("seed", "init.coefficients")
-CHUNK = 1000  # steps between looks at the losses without log_every, as polyexp.loop
+CHUNK = 1000  # steps between looks at the losses without log_every, as polyexp.training.loop
 
 
 def group_key(cfg: DictConfig, s: Settings) -> str | None:
@@ -51,7 +51,7 @@ def group_key(cfg: DictConfig, s: Settings) -> str | None:
 
 def train(settings: Sequence[Settings]) -> list[Trained]:
     """Trains runs that share a group key as one batch; returns each run's outcome, in order.
-    Losses come to the host every `log_every` steps (else every CHUNK), as in polyexp.loop;
+    Losses come to the host every `log_every` steps (else every CHUNK), as in polyexp.training.loop;
     training stops early only when every run has diverged."""
     s = settings[0]
     problems = [one.problem() for one in settings]

@@ -6,7 +6,7 @@ A rule has the (init, update) shape of optax: `init(param) -> state` and
 `update(param, grad, state) -> (param, state)`, pure functions over arrays. They use only
 arithmetic operators and a few functions NumPy and torch share (`xp.sqrt`, `xp.maximum`), so one
 rule serves NumPy arrays and torch tensors alike. A hyper-parameter is a number, or for a batch
-of runs (polyexp.batched) an array of shape (B, 1), one per run, that broadcasts against
+of runs (polyexp.sweeps.batched) an array of shape (B, 1), one per run, that broadcasts against
 parameters of shape (B, ...). `sgd`, `rmsprop` and `adam` follow torch.optim step for step, with
 the same defaults; tests prove them equal to torch.optim in float64.
 

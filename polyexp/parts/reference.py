@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from polyexp.models import LinearModel
+    from polyexp.parts.models import LinearModel
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from polyexp.models import dp3, p3
+from polyexp.parts.models import dp3, p3
 
 
 class Scalars(torch.nn.Module):

@@ -18,8 +18,8 @@ from polyexp.options import Option
 
 if TYPE_CHECKING:
     from polyexp.config import Settings
-    from polyexp.data import Problem
-    from polyexp.models import Model
+    from polyexp.parts.data import Problem
+    from polyexp.parts.models import Model
 
 
 class Fit(Protocol):
@@ -51,7 +51,7 @@ class Backend(Option):
     group: ClassVar[str] = "backend"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "mps", "auto")
     by_hand: ClassVar[bool] = False  # needs the model's gradient by hand (Model.by_hand)
-    uses_torch: ClassVar[bool] = True  # torch's deterministic mode matters (polyexp.determinism)
+    uses_torch: ClassVar[bool] = True  # torch deterministic mode matters (training.determinism)
 
     def check(self, model: Model, device: str) -> None:
         """Refuses, in one line, what this backend cannot run."""
@@ -70,14 +70,14 @@ class Backend(Option):
         raise NotImplementedError
 
     def build_batch(self, settings: Sequence[Settings], problems: Sequence[Problem]) -> BatchFit:
-        """Runs that differ only in numbers (polyexp.batched), trained as one computation."""
+        """Runs that differ only in numbers (polyexp.sweeps.batched), trained as one computation."""
         raise NotImplementedError
 
 
 def hyper_columns(settings: Sequence[Settings], xp: Any, **array: Any) -> dict[str, Any]:
     """A batch's optimizer hyper-parameters: the numbers it may vary as columns (B, 1), one row
     per run (a pair such as Adam's betas as a pair of columns); the rest as they are, equal
-    across a batch (polyexp.batched.group_key)."""
+    across a batch (polyexp.sweeps.batched.group_key)."""
     first = settings[0].optimizer
 
     def column(values: list[Any]) -> Any:

@@ -17,12 +17,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from polyexp.tracking import loss_history
+from polyexp.record.tracking import loss_history
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from polyexp.sweep import Job
+    from polyexp.sweeps.sweep import Job
 
 
 def now_ms() -> int:

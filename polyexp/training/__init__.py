@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polyexp import determinism
 from polyexp.config import Settings
-from polyexp.loop import History, loop
+from polyexp.training import determinism
+from polyexp.training.loop import History, loop
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Trained:
     theta: np.ndarray  # the model's parameters, e.g. (a, b, c, d), as float64
     train_seconds: float  # for a batch: its loop's wall time shared out among its runs
     device: str  # where it trained, e.g. "cpu" or "cuda:0"
-    batch_size: int = 1  # how many runs trained together (polyexp.batched)
+    batch_size: int = 1  # how many runs trained together (polyexp.sweeps.batched)
 
 
 class Training:

@@ -17,7 +17,7 @@ backend (one scalar torch Parameter per name) and is recorded like ours (README:
 polyexp). `LinearModel`s, linear in their parameters (each possible graph is y = theta @ F
 with features F as rows (p, n)), get their gradients by hand, their plots and their closed-form
 optimum from their features. The by-hand math is written once over an array module `xp` (numpy
-or torch), as polyexp.optimizers is, so the numpy and torch backends run the same lines.
+or torch), as polyexp.parts.optimizers is, so the numpy and torch backends run the same lines.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from polyexp.options import Option
 if TYPE_CHECKING:
     import torch
 
-    from polyexp.reference import Optimum
+    from polyexp.parts.reference import Optimum
 
 Array = Any  # np.ndarray or torch.Tensor
 
@@ -93,7 +93,7 @@ class Model(Option):
     def torch_module(self, initial: torch.Tensor, seed: int) -> torch.nn.Module:
         """The nn.Module the autograd backend trains: by default one scalar Parameter per name,
         whose forward pass is `forward`."""
-        from polyexp.torch_modules import Scalars
+        from polyexp.parts.torch_modules import Scalars
 
         return Scalars(self.names, initial, lambda theta, x: self.forward(theta, x, torch_()))
 
@@ -137,7 +137,7 @@ class LinearModel(Model):
 
     @property
     def batchable(self) -> bool:
-        """One graph: runs that differ only in numbers can train as one batch (polyexp.batched)."""
+        """One graph: runs that differ only in numbers can train as one batch (sweeps.batched)."""
         return len(self.graphs) == 1
 
     def features(self, x: Array, xp: ModuleType) -> list[Array]:
@@ -158,7 +158,7 @@ class LinearModel(Model):
         return Linear(self.features(x, xp), y)
 
     def optimum(self, x: np.ndarray, y: np.ndarray) -> Optimum | None:
-        from polyexp.reference import least_squares
+        from polyexp.parts.reference import least_squares
 
         return least_squares(self, x, y)
 
@@ -274,7 +274,7 @@ class Dynamic(LinearModel):
         return Linear(self.features(x, xp), y, random.Random(seed).randint, used)
 
     def torch_module(self, initial: torch.Tensor, seed: int) -> torch.nn.Module:
-        from polyexp.torch_modules import Scalars
+        from polyexp.parts.torch_modules import Scalars
 
         draw = random.Random(seed).randint  # the tutorial's random.randint, seeded
 
@@ -320,7 +320,7 @@ class Legendre3(Model):
         return LegendreByHand(x, y, xp)
 
     def torch_module(self, initial: torch.Tensor, seed: int) -> torch.nn.Module:
-        from polyexp.torch_modules import LegendreP3, Scalars
+        from polyexp.parts.torch_modules import LegendreP3, Scalars
 
         def forward(theta: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             a, b, c, d = theta

@@ -59,7 +59,7 @@ def versions() -> dict[str, str]:
 
 def threads() -> dict[str, str]:
     """{'threads.openblas': '2', 'threads.torch': '2', ...}: the thread pools loaded now, whose
-    sizes decide how float sums are split (see polyexp.determinism)."""
+    sizes decide how float sums are split (see polyexp.training.determinism)."""
     from threadpoolctl import threadpool_info
 
     found = {f"threads.{p['internal_api']}": str(p["num_threads"]) for p in threadpool_info()}

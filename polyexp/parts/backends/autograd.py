@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polyexp.backends import Backend
-from polyexp.backends.torch import TorchBatch, resolve_device
+from polyexp.parts.backends import Backend
+from polyexp.parts.backends.torch import TorchBatch, resolve_device
 
 if TYPE_CHECKING:
     from polyexp.config import Settings
-    from polyexp.data import Problem
+    from polyexp.parts.data import Problem
 
 
 class AutogradFit:

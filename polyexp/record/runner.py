@@ -1,8 +1,8 @@
 """One recorded run, in the order data flows: config -> parts -> loop -> record.
 
 `run` trains (polyexp.training) and records the run in MLflow; `record` records a run trained
-elsewhere (one member of a batch: polyexp.batched). Both end the run FINISHED, FAILED (with the
-error) or KILLED (interrupted), never RUNNING.
+elsewhere (one member of a batch: polyexp.sweeps.batched). Both end the run FINISHED, FAILED
+(with the error) or KILLED (interrupted), never RUNNING.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from polyexp import config, determinism, plots, provenance, store, tracking
-from polyexp.data import Problem
-from polyexp.models import loss_of
-from polyexp.training import Trained, Training
+from polyexp import config
+from polyexp.parts.data import Problem
+from polyexp.parts.models import loss_of
+from polyexp.record import plots, provenance, store, tracking
+from polyexp.training import Trained, Training, determinism
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class Result:
     final_loss: float  # summed squared error of the final coefficients, in float64
     losses: np.ndarray  # the loss at every step, computed before that step's update
     train_seconds: float  # wall time of the training loop alone
-    optimal_loss: float | None  # the least-squares optimum of the same data (polyexp.reference)
+    optimal_loss: (
+        float | None
+    )  # the least-squares optimum of the same data (polyexp.parts.reference)
     gap_to_optimum: float | None  # final_loss / optimal_loss - 1; None: no closed-form optimum
     diverged_step: int | None = None  # the first step whose loss was not finite; None: it wasn't
 

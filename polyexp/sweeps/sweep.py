@@ -107,7 +107,7 @@ class SweepCallback(Callback):
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
 
-        from polyexp import tracking
+        from polyexp.record import tracking
 
         # Creating the store and the experiment here, before any job starts, keeps parallel jobs
         # out of MLflow's schema migration and experiment creation, which race on a fresh store.
@@ -264,10 +264,10 @@ def run_job(
 ) -> float:
     """Runs one job of a sweep as a child of `parent`, or skips it when `resume` is on and an
     identical config already FINISHED in the experiment; returns its final loss either way.
-    With `trained` (the job trained in a batch: polyexp.batched) it only records the job."""
+    With `trained` (the job trained in a batch: polyexp.sweeps.batched) it only records the job."""
     from mlflow.tracking import MlflowClient
 
-    from polyexp import runner
+    from polyexp.record import runner
 
     num = int(HydraConfig.get().job.num)
     if cfg.get("resume", True):
@@ -319,7 +319,7 @@ def _summarize(client: MlflowClient, parent: Parent, ranked: list[Job], children
     """Prints the ranked table (and the one over seeds), writes the sweep's views in the MLflow
     UI, prints their URLs, and records it all on the parent: summary.md, losses.png and its
     description."""
-    from polyexp import summary, ui
+    from polyexp.sweeps import summary, ui
 
     table = summary.table(ranked)
     print(f"\nSweep summary ({len(ranked)} jobs, parent run {parent.run_id}):\n{table}")
@@ -348,7 +348,7 @@ def finish(parent: Parent, error: str | None) -> None:
     from mlflow.entities import Metric, RunStatus
     from mlflow.tracking import MlflowClient
 
-    from polyexp import summary
+    from polyexp.sweeps import summary
 
     client = MlflowClient(parent.uri)
     status = error or FINISHED

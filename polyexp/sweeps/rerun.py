@@ -23,8 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from polyexp import store, tracking
 from polyexp.errors import UserError
+from polyexp.record import store, tracking
 
 PROG = "polyexp-rerun"
 RERUN_OF = "polyexp.rerun_of"  # the tag that links a rerun to its source run
@@ -136,7 +136,7 @@ def rerun(run_id: str) -> tuple[bool, str]:
     run_id = resolve_run_id(client, run_id)
     source = source_run(client, run_id)
     cfg, overrides = recorded_config(client, run_id)
-    from polyexp.runner import run  # after the checks, so a bad id answers fast
+    from polyexp.record.runner import run  # after the checks, so a bad id answers fast
 
     # The rerun lands beside its source, unless MLFLOW_EXPERIMENT_NAME says otherwise.
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or (

@@ -5,7 +5,7 @@ process to process for the same thread count, and torch's deterministic mode cha
 its CPU numbers (it only costs time), so on the CPU it stays off. The thread count does change
 them (torch's matrix products with 1, 2 or 4 threads even for 2000 points; NumPy's with 1 or
 more OpenBLAS threads from about 20000 points), so runs record their thread counts
-(polyexp.provenance). On CUDA, cuBLAS needs a fixed workspace (CUBLAS_WORKSPACE_CONFIG) to
+(polyexp.record.provenance). On CUDA, cuBLAS needs a fixed workspace (CUBLAS_WORKSPACE_CONFIG) to
 repeat its sums, and torch's deterministic mode warns about any operation that could not
 repeat them.
 """

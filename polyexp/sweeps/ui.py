@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from polyexp import store, tracking
+from polyexp.record import store, tracking
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

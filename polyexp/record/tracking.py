@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from polyexp import store
+from polyexp.record import store
 
 DEFAULT_EXPERIMENT = "polyexp"
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
@@ -104,7 +104,7 @@ def data_input(n: int, low: float, high: float, target: str = "sin") -> DatasetI
         name=f"{target}(x) n={n} [{low:.6g}, {high:.6g}]",
         digest=digest,
         source_type="code",
-        source=json.dumps({"tags": {"polyexp.data": json.dumps(spec)}}),
+        source=json.dumps({"tags": {"polyexp.parts.data": json.dumps(spec)}}),
         schema=json.dumps(schema),
         profile=json.dumps({"num_rows": n}),
     )

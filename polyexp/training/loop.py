@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from polyexp.backends import Fit
+from polyexp.parts.backends import Fit
 
 
 class History:
