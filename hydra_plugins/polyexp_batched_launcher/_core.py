@@ -31,10 +31,12 @@ from hydra.core.utils import (
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from polyexp import batched, config, determinism, runner, sweep
+from polyexp import batched, config, determinism, sweep
 
 if TYPE_CHECKING:
     from hydra_plugins.polyexp_batched_launcher.batched_launcher import BatchedLauncher
+    from polyexp.config import Settings
+    from polyexp.runner import Trained
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def launch(
         jobs.append(cfg)
 
     parent = sweep.parent_of(str(hydra.sweep.dir))
-    trained = _train(jobs, _plan(jobs, parent), launcher.max_batch) if parent else {}
+    trained = _train(_plan(jobs, parent), launcher.max_batch) if parent else {}
 
     runs = []
     for i, cfg in enumerate(jobs):
@@ -82,7 +84,7 @@ def launch(
     return runs
 
 
-def _recorded(parent: sweep.Parent, trained: runner.Trained) -> TaskFunction:
+def _recorded(parent: sweep.Parent, trained: Trained) -> TaskFunction:
     """The task of a job its batch trained: what the task function Hydra gave runs for a job
     of a sweep (polyexp.sweep.run_job: child run, tags, Job file, resume), given what the batch
     trained, so the job is recorded, not trained again. Handed to Hydra's run_job through its
@@ -91,19 +93,19 @@ def _recorded(parent: sweep.Parent, trained: runner.Trained) -> TaskFunction:
     return partial(_record, parent=parent, trained=trained)
 
 
-def _record(cfg: DictConfig, parent: sweep.Parent, trained: runner.Trained) -> float:
+def _record(cfg: DictConfig, parent: sweep.Parent, trained: Trained) -> float:
     overrides = list(HydraConfig.get().overrides.task)
     return sweep.run_job(cfg, overrides, parent, trained)
 
 
-def _plan(jobs: Sequence[DictConfig], parent: sweep.Parent) -> dict[str, list[int]]:
-    """Groups the jobs to train together: {group key: job indices}. A job left out (a config
-    that check refuses, a model not known to batch, a job resume will skip) runs as a job of
-    the basic launcher would, and says why there."""
+def _plan(jobs: Sequence[DictConfig], parent: sweep.Parent) -> list[list[tuple[int, Settings]]]:
+    """The groups of jobs to train together, each job as (index, its checked settings). A job
+    left out (a config that check refuses, a model not known to batch, a job resume will skip)
+    runs Hydra's task function, as a job of the basic launcher would, and says why there."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(parent.uri)
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, list[tuple[int, Settings]]] = {}
     for i, cfg in enumerate(jobs):
         task = _task(cfg)
         try:
@@ -117,25 +119,24 @@ def _plan(jobs: Sequence[DictConfig], parent: sweep.Parent) -> dict[str, list[in
             client, parent.experiment_id, config.fingerprint(task)
         ):
             continue
-        groups.setdefault(key, []).append(i)
-    return groups
+        groups.setdefault(key, []).append((i, s))
+    return list(groups.values())
 
 
-def _train(
-    jobs: Sequence[DictConfig], groups: dict[str, list[int]], max_batch: int
-) -> dict[int, runner.Trained]:
-    trained: dict[int, runner.Trained] = {}
-    for members in groups.values():
+def _train(groups: list[list[tuple[int, Settings]]], max_batch: int) -> dict[int, Trained]:
+    """What each batch trained, by job index; a job of a batch that failed is left out."""
+    trained: dict[int, Trained] = {}
+    for members in groups:
         for start in range(0, len(members), max_batch):
             part = members[start : start + max_batch]
-            settings = [config.check(_task(jobs[i])) for i in part]
+            settings = [s for _, s in part]
             try:
                 with determinism.settings(settings[0]):  # as a run of its own on a GPU
                     outcomes = batched.train(settings)
             except Exception as error:  # e.g. no cuda here: each job then says so itself
                 log.warning(f"batch of {len(part)} jobs not trained together: {error}")
                 continue
-            trained.update(zip(part, outcomes, strict=True))
+            trained.update(zip((i for i, _ in part), outcomes, strict=True))
             log.info(f"trained {len(part)} jobs as one batch")
     return trained
 
