@@ -3,9 +3,13 @@ as the basic launcher records it, with the same numbers."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,14 +17,16 @@ import torch
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
-from hydra.types import RunMode
+from hydra.types import HydraContext, RunMode
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import polyexp
 from conftest import ARTIFACTS, polyexp_cli, runs
-from hydra_plugins.polyexp_batched_launcher._core import Composer
+from hydra_plugins.polyexp_batched_launcher import batched_launcher
 from polyexp import config
 from polyexp.record import tracking
 from polyexp.sweeps import batched, sweep
@@ -143,41 +149,70 @@ def test_jobs_group_by_everything_but_numbers() -> None:
     assert batched.group_key(cfg, other_model) is None  # not known to be the linear cubic
 
 
-def test_a_cheaply_composed_job_config_is_the_one_hydra_composes() -> None:
+PLUGIN = Path(batched_launcher.__file__).parent
+
+
+@contextlib.contextmanager
+def _sweep_in_process(sweep_dir: Path) -> Iterator[tuple[Any, DictConfig, HydraContext]]:
+    """Hydra's own config loader, a sweep's master config (hydra/launcher=batched, its folder
+    `sweep_dir`) and a context with no callbacks, as Hydra hands them to a sweeper."""
     with initialize_config_module("polyexp.conf", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("config", ["hydra/launcher=batched"], RunMode.MULTIRUN)
-        launcher = type("L", (), {})()
-        launcher.config = master
-        launcher.hydra_context = type("C", (), {"config_loader": loader})()
-        compose = Composer(launcher)
-        jobs = [
-            ["optimizer=sgd", f"optimizer.lr={lr}", f"seed={s}", f"init.coefficients=[{s},1,2,3]"]
-            for lr in (1e-6, 2e-6)
-            for s in (0, 1)
-        ] + [["optimizer=rmsprop", "optimizer.lr=0.1", "seed=0", "init.coefficients=[0,1,2,3]"]]
-        jobs = [["init=fixed", *job] for job in jobs]
-        for job in jobs:
-            ours = compose(job)
-            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(
-                loader.load_sweep_config(master, job)
-            )
-        assert len(compose.composed) == 1  # one shape of overrides: composed by Hydra twice
+        master = loader.load_configuration(
+            "config", ["hydra/launcher=batched", f"hydra.sweep.dir={sweep_dir}"], RunMode.MULTIRUN
+        )
+        no_callbacks = Callback()  # Hydra's own base class: on_job_start/end do nothing
+        yield loader, master, HydraContext(config_loader=loader, callbacks=no_callbacks)  # type: ignore
 
-        # Installed, it answers the sweeper's validation and keeps each config for the launch.
-        compose = Composer(launcher)
-        compose.install()
-        hydra_calls: list[list[str]] = []
-        hydra = compose.hydra
-        compose.hydra = lambda m, o: hydra_calls.append(o) or hydra(m, o)  # type: ignore
-        for job in jobs:
-            validated = loader.load_sweep_config(master, job)
-            assert OmegaConf.to_yaml(validated) == OmegaConf.to_yaml(hydra(master, job))
-        assert len(hydra_calls) == 2
-        kept = dict(compose.kept)
-        for job in jobs:
-            assert compose.take(job) is kept[tuple(job)]
-        assert not compose.kept and len(hydra_calls) == 2  # nothing composed a second time
+
+def test_each_job_is_composed_by_hydra_and_runs_hydras_task_function(tmp_path: Path) -> None:
+    jobs = [
+        ["init=fixed", "optimizer=sgd", f"optimizer.lr={lr}", f"init.coefficients=[{s},1,2,3]"]
+        for lr in (1e-6, 2e-6)
+        for s in (0, 1)
+    ] + [["optimizer=rmsprop", "optimizer.lr=0.1", "seed=3"]]
+    with _sweep_in_process(tmp_path / "sweep") as (loader, master, context):
+        seen: list[DictConfig] = []
+        launcher = batched_launcher.BatchedLauncher()
+        launcher.setup(hydra_context=context, task_function=seen.append, config=master)
+        # No sweep parent here, so nothing is batched: every job runs the task Hydra gave.
+        returns = launcher.launch(jobs, initial_job_idx=0)
+        assert [r.status for r in returns] == [JobStatus.COMPLETED] * len(jobs)
+        assert len(seen) == len(jobs)
+        for idx, (job, ret, task_cfg) in enumerate(zip(jobs, returns, seen, strict=True)):
+            cfg = loader.load_sweep_config(master, job)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            assert OmegaConf.to_yaml(task_cfg) == OmegaConf.to_yaml(cfg)
+            assert ret.overrides == job and ret.hydra_cfg.hydra.job.num == idx
+            hydra = tmp_path / "sweep" / str(idx) / ".hydra"
+            assert list(OmegaConf.load(hydra / "overrides.yaml")) == job
+
+
+def test_the_plugin_imports_nothing_from_hydras_internals() -> None:
+    # hydra._internal is Hydra's own, free to change in any release: a plugin uses the public API.
+    for path in PLUGIN.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith("hydra._internal"), f"{path.name} imports {name}"
+
+
+def test_the_launcher_replaces_nothing_of_hydras(tmp_path: Path) -> None:
+    # Hydra's config loader and context hold the very attributes they held before the
+    # launcher's setup and launch (a function assigned on the loader would show here).
+    with _sweep_in_process(tmp_path / "sweep") as (loader, master, context):
+        before = {"loader": dict(vars(loader)), "context": dict(vars(context))}
+        launcher = batched_launcher.BatchedLauncher()
+        launcher.setup(hydra_context=context, task_function=lambda cfg: None, config=master)
+        assert "load_sweep_config" not in vars(loader)
+        assert {"loader": dict(vars(loader)), "context": dict(vars(context))} == before
+        launcher.launch([["seed=1"], ["seed=2"]], initial_job_idx=0)
+        assert {"loader": dict(vars(loader)), "context": dict(vars(context))} == before
 
 
 @pytest.mark.gpu

@@ -6,16 +6,12 @@ every start, so it imports nothing heavy; the work is in _core (and polyexp.swee
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
-
-if TYPE_CHECKING:
-    from hydra_plugins.polyexp_batched_launcher._core import Composer
 
 
 @dataclass
@@ -35,7 +31,6 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
-        self.composer: Composer | None = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -43,12 +38,6 @@ class BatchedLauncher(Launcher):
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
-        from hydra_plugins.polyexp_batched_launcher import _core
-
-        # The sweeper composes every job with this loader before launching it: let it take the
-        # composer's cheap way, and keep what it composed for launch().
-        self.composer = _core.Composer(self)
-        self.composer.install()
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
