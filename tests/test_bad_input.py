@@ -255,8 +255,8 @@ def _read_only_artifacts(place: Path, template: Path) -> tuple[list[str], str, P
     return (
         as_nobody(),
         (
-            f"the artifact folder {artifacts} of experiment 'earlier' is not writable by this user; "
-            "fix its permissions or choose another store"
+            f"the artifact folder {artifacts} of experiment 'earlier' is not writable by this "
+            "user; fix its permissions or choose another store"
         ),
         db,
     )
