@@ -32,7 +32,7 @@ import polyexp
 import services
 from conftest import Payload, polyexp_cli, runs
 from polyexp import cli, config
-from polyexp.record import limits, runner
+from polyexp.record import limits, runner, store
 from polyexp.sweeps import rerun, sweep
 
 PROCESS = "process"  # the row also runs as a real `python -m polyexp` process
@@ -678,3 +678,39 @@ def test_two_sweeps_started_together_in_one_folder_keep_their_own_parents(
     assert sorted(seeds) == [["0", "1"], ["2", "3"]]
     for out, _ in ended:  # each summary names its own two jobs only
         assert out.count("seed=") == 2, out
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "postgresql+psycopg2://me:pa:ss@w@db.lab:5432/mlflow",
+            "postgresql+psycopg2://me:***@db.lab:5432/mlflow",
+        ),
+        ("http://:token@host/x", "http://:***@host/x"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+        (
+            "(psycopg2.OperationalError) cannot connect to mysql://root:hunter2@h/db; retrying",
+            "(psycopg2.OperationalError) cannot connect to mysql://root:***@h/db; retrying",
+        ),
+        ("host=db user=me password=hunter2 dbname=x", "host=db user=me password=*** dbname=x"),
+        (
+            "postgresql://h/db?user=me&password=hunter2&sslmode=require",
+            "postgresql://h/db?user=me&password=***&sslmode=require",
+        ),
+    ],
+)
+def test_redact_hides_every_password_in_a_uri_or_a_message(text: str, shown: str) -> None:
+    assert store.redact(text) == shown
+
+
+def test_an_uncaught_error_that_echoes_a_uri_prints_no_password(tmp_path: Path) -> None:
+    code = (
+        "from polyexp.record import store; store.redact_tracebacks(); "
+        "raise RuntimeError('cannot open postgresql://me:hunter2@db/mlflow')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 1 and "Traceback" in done.stderr
+    assert "hunter2" not in done.stderr and "postgresql://me:***@db/mlflow" in done.stderr

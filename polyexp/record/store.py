@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 
 from polyexp.errors import UserError
 
@@ -47,6 +50,16 @@ def redact(text: str) -> str:
     return _PASSWORD_KEY.sub(lambda m: f"{m['key']}***", text)
 
 
+def redact_tracebacks() -> None:
+    """A traceback this process does not catch is printed through redact too: the error it
+    ends with may echo a store's URI (the commands call this first)."""
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, error, trace))))
+
+    sys.excepthook = hook
+
+
 def describe(uri: str) -> str:
     """How the user named the store: the variable they set, or polyexp's default."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -62,6 +75,7 @@ def sqlite_path(uri: str) -> Path | None:
 _CAUSES = (
     ("Connection refused", "connection refused: nothing listens there"),
     ("timed out", "no answer within the time limit"),
+    ("timeout expired", "no answer within the time limit"),
     ("Name or service not known", "unknown host"),
     ("Temporary failure in name resolution", "unknown host"),
 )

@@ -164,7 +164,7 @@ def start_run(
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     except BaseException as error:
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        client.set_tag(run_id, "error", store.redact(f"{type(error).__name__}: {error}")[:5000])
         raise
     finally:
         client.set_terminated(run_id, status)

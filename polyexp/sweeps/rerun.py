@@ -272,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "run_id", metavar="RUN_ID", help="the MLflow run id to rerun, or any unique prefix of it"
     )
     args = parser.parse_args(argv)
+    store.redact_tracebacks()
     try:
         identical, verdict = rerun(args.run_id)
     except (CannotRerun, UserError) as error:

@@ -297,7 +297,7 @@ def run_job(
     With `trained` (the job trained in a batch: polyexp.sweeps.batched) it only records the job."""
     from mlflow.tracking import MlflowClient
 
-    from polyexp.record import runner
+    from polyexp.record import runner, store
 
     num = int(HydraConfig.get().job.num)
     if cfg.get("resume", True):
@@ -323,7 +323,8 @@ def run_job(
         else:
             result = runner.record(cfg, trained, overrides, tags)
     except BaseException as error:
-        _write(parent, Job(num, overrides, FAILED, error=f"{type(error).__name__}: {error}"))
+        why = store.redact(f"{type(error).__name__}: {error}")
+        _write(parent, Job(num, overrides, FAILED, error=why))
         raise
     status = FINISHED if result.diverged_step is None else DIVERGED
     _write(parent, Job(num, overrides, status, result.run_id, result.final_loss))

@@ -369,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     args = parser.parse_args(argv)
+    store.redact_tracebacks()
     try:
         status = serve(args.host, args.port)
     except (UiError, store.StoreError) as error:
