@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from polyexp.errors import UserError
+from polyexp.record import store
 from polyexp.sweeps import sweep
 
 # Lines of Hydra's and OmegaConf's messages that add detail, not meaning.
@@ -68,6 +69,7 @@ def asks_hydra_rerun(argv: list[str]) -> bool:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    store.redact_tracebacks()  # an error that echoes a store's URI never shows its password
     if asks_hydra_rerun(sys.argv[1:]):  # refused before Hydra can load the pickle
         sys.exit(f"polyexp: error: {NO_HYDRA_RERUN}")
     # Hydra prints composition errors over several lines; unless the user asked for Hydra's

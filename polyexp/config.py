@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from polyexp.errors import ConfigError
-from polyexp.options import build
+from polyexp.options import build, check_dtype
 from polyexp.parts.backends import Backend
 from polyexp.parts.data import Data, Init, Problem
 from polyexp.parts.models import Model
@@ -74,11 +74,17 @@ def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
-def _int(cfg: DictConfig, key: str, minimum: int) -> int:
+def _int(cfg: DictConfig, key: str, minimum: int, maximum: int | None = None) -> int:
     value = OmegaConf.select(cfg, key)
+    if maximum is not None and not (isinstance(value, int) and minimum <= value <= maximum):
+        raise ConfigError(f"{key}={value!r}: expected a whole number in [{minimum}, {maximum}]")
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key}={value!r}: expected a whole number >= {minimum}")
     return value
+
+
+# torch's generator takes a seed of 64 bits (torch.manual_seed overflows beyond).
+SEED_MAX = 2**64 - 1
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -124,9 +130,21 @@ def check(cfg: DictConfig) -> Settings:
         init=init,
         device=device,
         dtype=_choice(cfg, "dtype", DTYPES),
-        seed=_int(cfg, "seed", 0),
+        seed=_int(cfg, "seed", 0, SEED_MAX),
         steps=_int(cfg, "steps", 1),
         log_every=_int(cfg, "log_every", 0),
     )
     init.initial(model.names, s.seed, model.name)  # one number per parameter, or refused
+    for group, option in (
+        ("model", model),
+        ("optimizer", optimizer),
+        ("data", data),
+        ("init", init),
+    ):
+        check_dtype(group, option, s.dtype)  # e.g. optimizer.lr=1e39 is inf in float32
+    if data.n < len(model.names):  # the fit is not determined: no optimum, no gap to it
+        raise ConfigError(
+            f"data.n={data.n}: model={model.name} has {len(model.names)} parameters "
+            f"({', '.join(model.names)}); expected at least {len(model.names)} data points"
+        )
     return s

@@ -172,3 +172,26 @@ def values(option: Option) -> dict[str, Any]:
         for f in dataclasses.fields(option)
         if f.init and f.name != "name"
     }
+
+
+def check_dtype(group: str, option: Option, dtype: str) -> None:
+    """Refuses a number of `option` that `dtype` cannot hold: beyond its largest finite number
+    (it would be inf) or not zero yet below its smallest (it would be 0), e.g. optimizer.lr=1e39
+    with float32."""
+    import numpy as np
+
+    info = np.finfo(dtype)
+    largest, smallest = float(info.max), float(info.smallest_subnormal)
+    for key, value in values(option).items():
+        items = value if isinstance(value, tuple) else (value,)
+        for i, item in enumerate(items):
+            if not isinstance(item, float) or item == 0:
+                continue
+            if smallest <= abs(item) <= largest:
+                continue
+            at = f"{group}.{key}" + (f"[{i}]" if isinstance(value, tuple) else "")
+            raise ConfigError(
+                f"{at}={item!r}: dtype={dtype} cannot hold it (its numbers reach "
+                f"{largest:.4g}, the smallest above 0 is {smallest:.4g}); "
+                "choose a value in that range or dtype=float64"
+            )

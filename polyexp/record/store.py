@@ -11,11 +11,14 @@ ridden out rather than lost.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from types import TracebackType
 
 from polyexp.errors import UserError
 
@@ -35,15 +38,26 @@ class StoreError(UserError):
     """The tracking store cannot be used; the message is one line naming the URI."""
 
 
-def redact(uri: str) -> str:
-    """The URI with any password hidden: every URI polyexp prints goes through here."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{parts.username}:***@{host}{port}" if parts.username else f"***@{host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+# user:password@ in any URI, and password=... in a query string or a DSN (libpq's key=value).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*):[^/\s]*@")
+_PASSWORD_KEY = re.compile(r"(?P<key>\b(?:password|passwd|pwd)=)[^&\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """A URI, or any text that may hold one (an MLflow, SQLAlchemy or driver error), with every
+    password hidden: everything polyexp prints about a store goes through here."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_KEY.sub(lambda m: f"{m['key']}***", text)
+
+
+def redact_tracebacks() -> None:
+    """A traceback this process does not catch is printed through redact too: the error it
+    ends with may echo a store's URI (the commands call this first)."""
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, error, trace))))
+
+    sys.excepthook = hook
 
 
 def describe(uri: str) -> str:
@@ -61,6 +75,7 @@ def sqlite_path(uri: str) -> Path | None:
 _CAUSES = (
     ("Connection refused", "connection refused: nothing listens there"),
     ("timed out", "no answer within the time limit"),
+    ("timeout expired", "no answer within the time limit"),
     ("Name or service not known", "unknown host"),
     ("Temporary failure in name resolution", "unknown host"),
 )
@@ -73,7 +88,7 @@ def first_line(error: BaseException) -> str:
         if needle in text:
             return cause
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
+    return redact(lines[0])[:200] if lines else type(error).__name__
 
 
 @contextmanager
@@ -132,6 +147,8 @@ def reaching(uri: str) -> Iterator[None]:
     db = sqlite_path(uri)
     if db is not None:
         check_sqlite(uri, db)
+    else:
+        check_database(uri)
     try:
         with fast_http():
             yield
@@ -143,3 +160,70 @@ def reaching(uri: str) -> Iterator[None]:
             f"{describe(uri)}: {what} ({first_line(error)}); start the server or set "
             "MLFLOW_TRACKING_URI to a store that exists (README: Sharing a tracking server)"
         ) from None
+
+
+# --- a database server, an experiment, its artifact folder --------------------------------------
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+CONNECT_SECONDS = 5  # how long to wait for a database server to accept a connection
+
+
+def check_database(uri: str) -> None:
+    """Refuses, within CONNECT_SECONDS and in one line without its password, a database server
+    that does not answer: MLflow itself retries one for ~100 s, logging every attempt."""
+    if not uri.split(":", 1)[0].startswith(DATABASE_SCHEMES):
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = (
+        {"connect_timeout": CONNECT_SECONDS} if uri.startswith(("postgresql", "mysql")) else {}
+    )
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as error:
+        cause = getattr(error, "orig", None) or error  # the driver's own message
+        raise StoreError(
+            f"{describe(uri)}: cannot reach the database ({first_line(cause)}); start it or set "
+            "MLFLOW_TRACKING_URI to a store that exists (README: Sharing a tracking server)"
+        ) from None
+
+
+def local_folder(location: str) -> Path | None:
+    """An artifact location on this machine's filesystem as a path; None for a remote one."""
+    if location.startswith("file:"):
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(location).path))
+    return Path(location) if "://" not in location and ":" not in location[:3] else None
+
+
+def check_experiment(uri: str, name: str, experiment_id: str, stage: str, location: str) -> None:
+    """Refuses, before a run exists, an experiment MLflow would not take a run in (deleted) or
+    whose artifact folder on this machine this user cannot write."""
+    if stage == "deleted":
+        raise StoreError(
+            f"{describe(uri)}: the experiment {name!r} (id {experiment_id}) is deleted; restore "
+            f"it with: mlflow experiments restore --experiment-id {experiment_id} (with "
+            "MLFLOW_TRACKING_URI set to this store), or set MLFLOW_EXPERIMENT_NAME to another name"
+        )
+    folder = local_folder(location)
+    if folder is None:
+        return
+    existing = folder
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent  # MLflow makes the missing folders
+        writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    except OSError:  # a folder on the way this user cannot enter
+        writable = False
+    if not writable:
+        raise StoreError(
+            f"{describe(uri)}: the artifact folder {folder} of experiment {name!r} is not "
+            "writable by this user; fix its permissions or choose another store"
+        )

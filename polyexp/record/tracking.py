@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from polyexp.record import store
+from polyexp.record import limits, store
 
 DEFAULT_EXPERIMENT = "polyexp"
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
@@ -130,10 +130,18 @@ def open_store(experiment: str | None = None) -> tuple[MlflowClient, str]:
     """A client on the store and the id of `experiment` (default: experiment_name()), creating
     both when they do not exist yet. Raises store.StoreError (one line) within seconds when the
     store cannot be used."""
-    uri = tracking_uri()
+    uri, name = tracking_uri(), experiment or experiment_name()
     with store.reaching(uri):
         client = MlflowClient(uri)
-        return client, _experiment_id(client, experiment or experiment_name(), uri)
+        experiment_id = _experiment_id(client, name, uri)
+        usable_experiment(client, uri, name, experiment_id)
+        return client, experiment_id
+
+
+def usable_experiment(client: MlflowClient, uri: str, name: str, experiment_id: str) -> None:
+    """StoreError (one line) when the experiment is deleted or its artifacts cannot be written."""
+    found = client.get_experiment(experiment_id)
+    store.check_experiment(uri, name, experiment_id, found.lifecycle_stage, found.artifact_location)
 
 
 @contextmanager
@@ -143,18 +151,20 @@ def start_run(
     """Opens a run in `experiment` (default: experiment_name()) and always closes it: FINISHED,
     FAILED (error in the tag `error`) or KILLED."""
     client, experiment_id = open_store(experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags)))
+    fitted = limits.fit(run_name, params, tags)  # the same record on every store
+    run = client.create_run(experiment_id, run_name=fitted.run_name, tags=resolve_tags(fitted.tags))
     run_id = run.info.run_id
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        client.log_batch(run_id, params=[Param(k, v) for k, v in fitted.params.items()])
+        fitted.keep(client, run_id)
         yield RecordedRun(client, run_id)
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     except BaseException as error:
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        client.set_tag(run_id, "error", store.redact(f"{type(error).__name__}: {error}")[:5000])
         raise
     finally:
         client.set_terminated(run_id, status)

@@ -11,13 +11,17 @@ experiment, tagged `polyexp.rerun_of` = the source run's id. Exit status: 0 iden
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -35,23 +39,100 @@ class CannotRerun(Exception):
 
 
 def recorded_config(client: MlflowClient, run_id: str) -> tuple[DictConfig, list[str]]:
-    """The run's resolved config and its overrides, from its `config.yaml`/`overrides.yaml`."""
+    """The run's resolved config and its overrides, from its `config.yaml`/`overrides.yaml`,
+    each checked by `checked_record` before anything uses it."""
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = []
+        texts = []
         for name in ("config.yaml", "overrides.yaml"):
             try:
                 path = client.download_artifacts(run_id, name, tmp)
-                loaded.append(OmegaConf.load(path))
-            except (MlflowException, OSError) as error:
+                texts.append(Path(path).read_text(encoding="utf-8"))
+            except (MlflowException, OSError, UnicodeDecodeError) as error:
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise CannotRerun(
-                    f"run {run_id} has no readable {name} artifact ({reason}); "
+                    f"run {run_id} has no readable {name} artifact ({store.redact(reason)}); "
                     "only a run recorded by polyexp can be rerun"
                 ) from None
-    cfg, overrides = loaded
-    if not isinstance(cfg, DictConfig):
+    return checked_record(run_id, *texts)
+
+
+def checked_record(
+    run_id: str, config_text: str, overrides_text: str
+) -> tuple[DictConfig, list[str]]:
+    """The one check of a recorded config before a rerun. A record is data anyone who can
+    reach the store may have written, so it is read as plain YAML (no tags that build Python
+    objects), never resolved (an interpolation such as ${oc.env:...} would read the rerunner's
+    environment or files into the shared store), and holds only keys polyexp knows; anything
+    else is CannotRerun, in one line."""
+    cfg = _plain_yaml(run_id, "config.yaml", config_text)
+    overrides = _plain_yaml(run_id, "overrides.yaml", overrides_text)
+    if not isinstance(cfg, dict):
         raise CannotRerun(f"run {run_id}: config.yaml does not hold a config mapping")
-    return cfg, [str(o) for o in OmegaConf.to_container(overrides)]  # type: ignore[union-attr]
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise CannotRerun(f"run {run_id}: overrides.yaml does not hold a list of overrides")
+    for where, value in [*_leaves(cfg), *((f"overrides[{i}]", o) for i, o in enumerate(overrides))]:
+        if isinstance(value, str) and "${" in value:
+            raise CannotRerun(
+                f"run {run_id}: its record sets {where} to an interpolation ({value[:80]!r}); "
+                "a recorded config is data and is never resolved (it could read this machine's "
+                "environment or files into the store)"
+            )
+    unknown = _unknown_key(cfg, _defaults())
+    if unknown:
+        raise CannotRerun(
+            f"run {run_id}: config.yaml has the key {unknown!r}, which polyexp does not know; "
+            "only a config recorded by polyexp can be rerun"
+        )
+    return OmegaConf.create(cfg), overrides
+
+
+def _plain_yaml(run_id: str, name: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())[:120]
+        raise CannotRerun(
+            f"run {run_id}: {name} is not plain YAML ({problem}); a recorded config is read as "
+            "data only, so tags that build Python objects are refused"
+        ) from None
+
+
+def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every key and value in a tree of mappings and lists; a key is
+    itself checked, as the value at its own path."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            path = f"{prefix}{key}"
+            yield path, str(key)
+            yield from _leaves(value, f"{path}.")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{prefix.removesuffix('.')}[{i}].")
+    else:
+        yield prefix.removesuffix("."), tree
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """polyexp's default config: the top-level keys and the nodes it knows."""
+    import polyexp
+
+    tree = OmegaConf.to_container(polyexp.compose([]), resolve=False)
+    assert isinstance(tree, dict)
+    return {str(k): v for k, v in tree.items()}
+
+
+def _unknown_key(recorded: dict[str, Any], known: dict[str, Any], prefix: str = "") -> str | None:
+    """The first key of `recorded` that `known` has not; an option (a node with a _target_) is
+    left to polyexp.options.build, which knows its fields and refuses any other key."""
+    for key, value in recorded.items():
+        if key not in known:
+            return f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(known[key], dict) and "_target_" not in value:
+            found = _unknown_key(value, known[key], f"{prefix}{key}.")
+            if found:
+                return found
+    return None
 
 
 def resolve_run_id(client: MlflowClient, given: str) -> str:
@@ -80,8 +161,9 @@ def resolve_run_id(client: MlflowClient, given: str) -> str:
             matches = sorted(r.info.run_id for r in found)
     if not matches:
         raise CannotRerun(
-            f"no run id is or starts with {given!r} in the store {tracking.tracking_uri()} "
-            "(a run in another store: set MLFLOW_TRACKING_URI)"
+            f"no run id is or starts with {given!r} in the store "
+            f"{store.redact(tracking.tracking_uri())} (a run in another store: set "
+            "MLFLOW_TRACKING_URI)"
         )
     if len(matches) > 1:
         shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
@@ -97,7 +179,8 @@ def source_run(client: MlflowClient, run_id: str) -> Run:
         run = client.get_run(run_id)
     except MlflowException:
         raise CannotRerun(
-            f"no run {run_id!r} in the store {tracking.tracking_uri()} (set MLFLOW_TRACKING_URI)"
+            f"no run {run_id!r} in the store {store.redact(tracking.tracking_uri())} "
+            "(set MLFLOW_TRACKING_URI)"
         ) from None
     if run.info.status != "FINISHED":
         raise CannotRerun(
@@ -112,7 +195,10 @@ def open_store() -> MlflowClient:
     db = store.sqlite_path(uri)
     if db is not None and not db.is_file():  # MLflow would quietly create an empty one
         raise CannotRerun(f"no MLflow store at {db} (set MLFLOW_TRACKING_URI)")
-    return MlflowClient(uri)
+    with store.reaching(uri):  # a server or database that is down: seconds, one line
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def first_difference(recorded: np.ndarray, rerun: np.ndarray) -> str:
@@ -186,10 +272,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "run_id", metavar="RUN_ID", help="the MLflow run id to rerun, or any unique prefix of it"
     )
     args = parser.parse_args(argv)
+    store.redact_tracebacks()
     try:
         identical, verdict = rerun(args.run_id)
-    except CannotRerun as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except (CannotRerun, UserError) as error:
+        print(f"{PROG}: error: {store.redact(str(error))}", file=sys.stderr)
         sys.exit(2)
     print(verdict)
     sys.exit(0 if identical else 1)

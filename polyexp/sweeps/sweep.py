@@ -1,9 +1,11 @@
 """Sweeps: one MLflow parent run per multirun, every job its child, a summary at the end.
 
 Hydra calls `SweepCallback` in the process that launches the sweep. Jobs may run elsewhere
-(joblib workers, submitit processes, Slurm nodes), so the parent is handed to them in a small
-file in the sweep folder, `<sweep dir>/.polyexp/parent.json`, which every job finds through its
-HydraConfig; each job writes `jobs/<num>.json` beside it when it ends. The parent lives in one
+(joblib workers, submitit processes, Slurm nodes), so the parent is handed to them in the
+environment they inherit (POLYEXP_SWEEP_PARENT) and in the sweep's own folder,
+`<sweep dir>/.polyexp/<parent run id>/parent.json`: two sweeps started in the same second
+from the same folder never share a parent. Each job writes `jobs/<num>.json` beside its
+parent.json when it ends. The parent lives in one
 place, `parents()`, the block around the `polyexp` command: the callback registers it there,
 and the block's end closes it with `finish` as the sweep ended (FINISHED, FAILED or KILLED),
 also when Hydra re-raises a failed job (then `on_multirun_end` never runs): never RUNNING.
@@ -17,7 +19,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 
 PARENT_TAG = "mlflow.parentRunId"
 GROUP_TAG = "sweep.group"  # a job's config hash without seed: jobs differing only by seed share it
-FOLDER = ".polyexp"  # inside the sweep dir: parent.json, jobs/<num>.json
+FOLDER = ".polyexp"  # inside the sweep dir: <parent run id>/parent.json, .../jobs/<num>.json
+OPEN = "parent.json"  # a sweep in progress (renamed parent.closed.json when it ends)
+PARENT_ENV = "POLYEXP_SWEEP_PARENT"  # the parent, handed by the launching process to its jobs
 
 # Job outcomes, as the job files and the summary spell them.
 FINISHED, DIVERGED, SKIPPED, FAILED = "FINISHED", "DIVERGED", "SKIPPED", "FAILED"
@@ -107,27 +110,39 @@ class SweepCallback(Callback):
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
 
-        from polyexp.record import tracking
+        from polyexp.record import limits, tracking
 
         # Creating the store and the experiment here, before any job starts, keeps parallel jobs
         # out of MLflow's schema migration and experiment creation, which race on a fresh store.
         client, experiment_id = tracking.open_store()
         overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
-        folder = Path(str(config.hydra.sweep.dir)).resolve() / FOLDER
-        shutil.rmtree(folder / "jobs", ignore_errors=True)  # a reused sweep dir's old jobs
-        (folder / "jobs").mkdir(parents=True)
-        run = client.create_run(
-            experiment_id,
-            run_name=f"sweep {overrides}"[:250],
-            tags=resolve_tags(
-                {"sweep": "parent", "sweep.dir": str(folder.parent), "sweep.pid": str(os.getpid())}
-            ),
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        (sweep_dir / FOLDER).mkdir(parents=True, exist_ok=True)  # refused before a parent exists
+        fitted = limits.fit(  # the same record on every store
+            f"sweep {overrides}",
+            {"sweep.overrides": overrides},
+            {"sweep": "parent", "sweep.dir": str(sweep_dir), "sweep.pid": str(os.getpid())},
         )
-        client.log_batch(run.info.run_id, params=[Param("sweep.overrides", overrides[:6000])])
+        run = client.create_run(
+            experiment_id, run_name=fitted.run_name, tags=resolve_tags(fitted.tags)
+        )
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in fitted.params.items()])
+        fitted.keep(client, run.info.run_id)
+        folder = sweep_dir / FOLDER / run.info.run_id  # this sweep's own, whoever shares the dir
+        (folder / "jobs").mkdir(parents=True)
         parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
-        (folder / "parent.json").write_text(json.dumps(asdict(parent), indent=2) + "\n")
+        hand_to_jobs(parent)
         _open[parent.run_id] = parent  # closed where `parents()` ends
         return parent
+
+
+def hand_to_jobs(parent: Parent) -> None:
+    """Makes `parent` the one its jobs find: in this process's environment, which every
+    launcher's job processes inherit (joblib, submitit, Slurm), and in its folder's parent.json
+    for a job that was not given the environment."""
+    text = json.dumps(asdict(parent))
+    os.environ[PARENT_ENV] = text
+    (Path(parent.folder) / OPEN).write_text(text + "\n")
 
 
 def announce_resume(sweep_cfg: DictConfig, parent: Parent) -> None:
@@ -235,9 +250,24 @@ def current_parent() -> Parent | None:
 
 
 def parent_of(sweep_dir: str) -> Parent | None:
-    """The parent run of the sweep in `sweep_dir`; None when the sweep callback opened none."""
-    path = Path(sweep_dir).resolve() / FOLDER / "parent.json"
-    return Parent(**json.loads(path.read_text())) if path.exists() else None
+    """The parent run of this process's sweep in `sweep_dir`: the one its launching process
+    handed down (PARENT_ENV), else the only sweep still open in that folder; None when the
+    sweep callback opened none. Two sweeps sharing a folder never share a parent."""
+    base = Path(sweep_dir).resolve() / FOLDER
+    handed = os.environ.get(PARENT_ENV)
+    if handed:
+        parent = Parent(**json.loads(handed))
+        if Path(parent.folder).parent == base:
+            return parent
+    found = sorted(base.glob(f"*/{OPEN}"))
+    if len(found) > 1:
+        from polyexp.errors import UserError
+
+        raise UserError(
+            f"{len(found)} sweeps are open in {base.parent} and this job was not told which is "
+            f"its own ({PARENT_ENV} is not set); give each sweep its own hydra.sweep.dir"
+        )
+    return Parent(**json.loads(found[0].read_text())) if found else None
 
 
 def finished_twin(client: MlflowClient, experiment_id: str, fingerprint: str) -> Any | None:
@@ -267,7 +297,7 @@ def run_job(
     With `trained` (the job trained in a batch: polyexp.sweeps.batched) it only records the job."""
     from mlflow.tracking import MlflowClient
 
-    from polyexp.record import runner
+    from polyexp.record import runner, store
 
     num = int(HydraConfig.get().job.num)
     if cfg.get("resume", True):
@@ -293,7 +323,8 @@ def run_job(
         else:
             result = runner.record(cfg, trained, overrides, tags)
     except BaseException as error:
-        _write(parent, Job(num, overrides, FAILED, error=f"{type(error).__name__}: {error}"))
+        why = store.redact(f"{type(error).__name__}: {error}")
+        _write(parent, Job(num, overrides, FAILED, error=why))
         raise
     status = FINISHED if result.diverged_step is None else DIVERGED
     _write(parent, Job(num, overrides, status, result.run_id, result.final_loss))
@@ -383,3 +414,14 @@ def finish(parent: Parent, error: str | None) -> None:
         client.set_tag(parent.run_id, "error", f"summary: {type(problem).__name__}: {problem}")
     finally:
         client.set_terminated(parent.run_id, RunStatus.to_string(RunStatus.from_string(status)))
+        closed(parent)
+
+
+def closed(parent: Parent) -> None:
+    """`parent` is no longer one a job can find: its parent.json renamed, the environment
+    cleared."""
+    if os.environ.get(PARENT_ENV) == json.dumps(asdict(parent)):
+        del os.environ[PARENT_ENV]
+    path = Path(parent.folder) / OPEN
+    if path.exists():
+        path.replace(path.with_name("parent.closed.json"))

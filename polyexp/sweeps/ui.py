@@ -59,7 +59,7 @@ def served_at(uri: str | None = None) -> str:
     polyexp-ui serves (`POLYEXP_UI_URL`, default http://127.0.0.1:5000)."""
     uri = uri or tracking.tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
+        return store.redact(uri).rstrip("/")  # printed: never with a password
     return (os.environ.get(URL_ENV) or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}").rstrip("/")
 
 
@@ -350,7 +350,10 @@ def serve(host: str, port: int) -> int:
             )
         try:
             _wait_until_ready(process, base, log)
-            print(f"polyexp-ui: serving {uri}; open {url}  (Ctrl-C stops it)", flush=True)
+            print(
+                f"polyexp-ui: serving {store.redact(uri)}; open {url}  (Ctrl-C stops it)",
+                flush=True,
+            )
             return process.wait()
         except KeyboardInterrupt:
             return 0
@@ -366,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     args = parser.parse_args(argv)
+    store.redact_tracebacks()
     try:
         status = serve(args.host, args.port)
     except (UiError, store.StoreError) as error:
