@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from polyexp import config
 from polyexp.parts.data import Problem
 from polyexp.parts.models import loss_of
-from polyexp.record import plots, provenance, store, tracking
+from polyexp.record import journal, plots, provenance, store
 from polyexp.training import Trained, Training, determinism
 
 
@@ -69,10 +67,11 @@ def run(
     with determinism.settings(s):  # torch's deterministic mode on GPUs, for this run only
         training = Training(s)  # parts built: what can be refused is refused before a run
         with _opened(cfg, s, overrides, tags or {}, training.device, experiment) as recorded:
+            training.report(recorded.add_losses)  # losses reach the store as training goes
             try:
                 trained = training.run()
             except BaseException:
-                recorded.log_metrics(training.losses(), {})
+                training.losses()  # the last chunk, to the journal and the store
                 raise
             return _record(recorded, cfg, s, overrides, trained, training.problem)
 
@@ -98,7 +97,7 @@ def _opened(
     extra: Mapping[str, str],
     device: str,
     experiment: str | None = None,
-) -> Iterator[tracking.RecordedRun]:
+) -> Iterator[journal.Recorder]:
     """The run opened in the store (and said where, in one line), closed however it ends."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {
@@ -108,7 +107,7 @@ def _opened(
         **extra,
     }
     name = run_name(s, overrides)
-    with tracking.start_run(name, config.flatten(resolved), tags, experiment) as recorded:
+    with journal.start_run(name, config.flatten(resolved), tags, experiment) as recorded:
         where = store.redact(recorded.client.tracking_uri)
         print(f"polyexp: recording run {recorded.run_id} in {where}")
         recorded.log_data(s.data.n, s.data.low, s.data.high, s.data.name)  # an MLflow dataset
@@ -116,7 +115,7 @@ def _opened(
 
 
 def _record(
-    recorded: tracking.RecordedRun,
+    recorded: journal.Recorder,
     cfg: DictConfig,
     s: config.Settings,
     overrides: Sequence[str],
@@ -149,26 +148,25 @@ def _record(
         "train_seconds": trained.train_seconds,
         **(optimum.metrics(final_loss) if optimum else {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        curves = dict(zip(model.graphs, predictions, strict=True))
-        plots_done = plots.draw_in_background(losses, problem.x, problem.y, curves, folder)
-        recorded.log_metrics(losses, final)
-        (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-        result = {
-            "coefficients": coefficients,
-            "final_loss": final_loss,
-            "steps": s.steps,
-            "device": trained.device,
-            "train_seconds": trained.train_seconds,
-            "optimal_loss": None if optimum is None else optimum.loss,
-            "gap_to_optimum": gap,
-        }
-        (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        np.savez(folder / "parameters.npz", **model.parameters(theta))  # type: ignore[arg-type]
-        plots_done()
-        recorded.log_artifacts(folder)
+    folder = recorded.artifacts  # in the run's journal until the store has them
+    curves = dict(zip(model.graphs, predictions, strict=True))
+    plots_done = plots.draw_in_background(losses, problem.x, problem.y, curves, folder)
+    recorded.log_metrics(losses, final)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    result = {
+        "coefficients": coefficients,
+        "final_loss": final_loss,
+        "steps": s.steps,
+        "device": trained.device,
+        "train_seconds": trained.train_seconds,
+        "optimal_loss": None if optimum is None else optimum.loss,
+        "gap_to_optimum": gap,
+    }
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    np.savez(folder / "parameters.npz", **model.parameters(theta))  # type: ignore[arg-type]
+    plots_done()
+    recorded.log_artifacts(folder)
     return Result(
         recorded.run_id,
         coefficients,

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 PARENT_TAG = "mlflow.parentRunId"
 GROUP_TAG = "sweep.group"  # a job's config hash without seed: jobs differing only by seed share it
 FOLDER = ".polyexp"  # inside the sweep dir: parent.json, jobs/<num>.json
+STORE_FAILED = "store-failed"  # in FOLDER: the store failed mid-sweep; its one line
 
 # Job outcomes, as the job files and the summary spell them.
 FINISHED, DIVERGED, SKIPPED, FAILED = "FINISHED", "DIVERGED", "SKIPPED", "FAILED"
@@ -115,19 +117,36 @@ class SweepCallback(Callback):
         overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
         folder = Path(str(config.hydra.sweep.dir)).resolve() / FOLDER
         shutil.rmtree(folder / "jobs", ignore_errors=True)  # a reused sweep dir's old jobs
+        (folder / STORE_FAILED).unlink(missing_ok=True)
         (folder / "jobs").mkdir(parents=True)
         run = client.create_run(
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
             tags=resolve_tags(
-                {"sweep": "parent", "sweep.dir": str(folder.parent), "sweep.pid": str(os.getpid())}
+                {"sweep": "parent", "sweep.dir": str(folder.parent), "sweep.pid": str(os.getpid()),
+                 "polyexp.host": socket.gethostname()}
             ),
-        )
+        )  # fmt: skip
         client.log_batch(run.info.run_id, params=[Param("sweep.overrides", overrides[:6000])])
         parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
         (folder / "parent.json").write_text(json.dumps(asdict(parent), indent=2) + "\n")
         _open[parent.run_id] = parent  # closed where `parents()` ends
+        _close_zombies(client, experiment_id)
         return parent
+
+
+def _close_zombies(client: MlflowClient, experiment_id: str) -> None:
+    """Resume's cleanup: runs of the experiment left RUNNING by a process that is gone."""
+    from polyexp.record import store, sync
+
+    with store.fast_http():
+        closed = sync.close_zombies(client, [experiment_id], "a sweep's resume")
+    if closed:
+        print(
+            f"polyexp: closed {len(closed)} runs left RUNNING by processes that are gone, as "
+            f"KILLED (tag {sync.CLOSED_BY})",
+            flush=True,
+        )
 
 
 def announce_resume(sweep_cfg: DictConfig, parent: Parent) -> None:
@@ -267,13 +286,20 @@ def run_job(
     With `trained` (the job trained in a batch: polyexp.sweeps.batched) it only records the job."""
     from mlflow.tracking import MlflowClient
 
-    from polyexp.record import runner
+    from polyexp.record import journal, runner
 
     num = int(HydraConfig.get().job.num)
+    failed = Path(parent.folder) / STORE_FAILED
+    if failed.exists():  # an earlier job found the store dead: the sweep stops, job by job fast
+        raise SweepAborted(failed.read_text().strip())
     if cfg.get("resume", True):
-        twin = finished_twin(
-            MlflowClient(parent.uri), parent.experiment_id, config.fingerprint(cfg)
-        )
+        try:
+            twin = journal.bounded(
+                parent.uri, "look up finished runs", finished_twin,
+                MlflowClient(parent.uri), parent.experiment_id, config.fingerprint(cfg),
+            )  # fmt: skip
+        except journal.StoreFailed as error:
+            _store_failed(parent, error)
         if twin is not None:
             final_loss = float(twin.data.metrics.get("final_loss", math.inf))
             if not final_loss < sys.float_info.max:  # SQLite keeps inf as the largest float
@@ -294,10 +320,20 @@ def run_job(
             result = runner.record(cfg, trained, overrides, tags)
     except BaseException as error:
         _write(parent, Job(num, overrides, FAILED, error=f"{type(error).__name__}: {error}"))
+        if isinstance(error, journal.StoreFailed):
+            _store_failed(parent, error)
         raise
     status = FINISHED if result.diverged_step is None else DIVERGED
     _write(parent, Job(num, overrides, status, result.run_id, result.final_loss))
     return result.final_loss
+
+
+def _store_failed(parent: Parent, error: Exception) -> None:
+    """The store failed for the bound: every later job of the sweep stops at once (SweepAborted
+    gets past Hydra's launchers, which would run the next job) and the parent is left to
+    polyexp-sync."""
+    (Path(parent.folder) / STORE_FAILED).write_text(f"{error}\n")
+    raise SweepAborted(str(error)) from error
 
 
 def _write(parent: Parent, job: Job) -> None:
@@ -352,6 +388,9 @@ def finish(parent: Parent, error: str | None) -> None:
 
     client = MlflowClient(parent.uri)
     status = error or FINISHED
+    if (Path(parent.folder) / STORE_FAILED).exists():  # polyexp-sync closes it later
+        (Path(parent.folder) / "parent-status.json").write_text(json.dumps(status) + "\n")
+        return
     try:
         jobs = jobs_of(parent)
         children = client.search_runs(

@@ -2,8 +2,9 @@
 
 `Training(s)` builds the parts (everything that can be refused is refused here, before a run
 is recorded); `run()` trains and returns a `Trained`; `losses()` gives the steps computed so
-far, for a record of a run that was stopped. Nothing here imports MLflow, and a run on the
-numpy backend never imports torch.
+far, for a record of a run that was stopped; `report(on_chunk)` hands each chunk of losses to
+a listener as it reaches the host (the record writes them as training goes). Nothing here
+imports MLflow, and a run on the numpy backend never imports torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from polyexp.config import Settings
 from polyexp.training import determinism
-from polyexp.training.loop import History, loop
+from polyexp.training.loop import History, OnChunk, loop
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,20 @@ class Training:
         self.device = self.fit.device
         self.history = History(self.fit)
 
+    def report(self, on_chunk: OnChunk) -> None:
+        """Hands each chunk of finite losses, (first step, losses), to `on_chunk` as it reaches
+        the host (every log_every steps, else every 1000), and the rest when `losses()` is
+        called after an interrupt. Its time is not counted in train_seconds."""
+        self.history.on_chunk = on_chunk
+
     def run(self) -> Trained:
         s, history = self.settings, self.history
         start = time.perf_counter()
         # A diverging run overflows on its way to inf: an outcome we report ourselves.
         with np.errstate(over="ignore", invalid="ignore"):
             loop(self.fit, s.steps, history, s.log_every)
-        seconds = time.perf_counter() - start
+        self.losses()  # the last chunk, to the listener too
+        seconds = time.perf_counter() - start - history.on_chunk_seconds
         return Trained(
             self.losses(), history.diverged_at, self.fit.coefficients(), seconds, self.device
         )
