@@ -131,7 +131,7 @@ def open_store(experiment: str | None = None) -> tuple[MlflowClient, str]:
     both when they do not exist yet. Raises store.StoreError (one line) within seconds when the
     store cannot be used."""
     uri = tracking_uri()
-    with store.reaching(uri):
+    with store.reaching(uri), store.created_once(uri):
         client = MlflowClient(uri)
         return client, _experiment_id(client, experiment or experiment_name(), uri)
 
