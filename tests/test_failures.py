@@ -52,17 +52,24 @@ def _wait_for_losses(client: MlflowClient, at_least: int, timeout: float = 120) 
     raise AssertionError("the store never showed the run's losses while it trained")
 
 
-def test_a_run_killed_by_sigkill_keeps_its_losses_and_polyexp_sync_closes_it(
-    store: MlflowClient, tmp_path: Path
-) -> None:
-    process = _start(*FOREVER, cwd=tmp_path)
+def _killed_mid_run(client: MlflowClient, cwd: Path, at_least: int) -> str:
+    """A long run SIGKILLed once the store has `at_least` of its losses; its run id."""
+    process = _start(*FOREVER, cwd=cwd)
     try:
-        # The store shows the losses while the run trains (not only at its end)...
-        run_id = _wait_for_losses(store, 3000)
-        process.kill()  # ...so SIGKILL (the OOM killer) loses at most the last batch
+        run_id = _wait_for_losses(client, at_least)
+        process.kill()
         process.wait(timeout=30)
     finally:
         process.kill()
+    return run_id
+
+
+def test_a_run_killed_by_sigkill_keeps_its_losses_and_polyexp_sync_closes_it(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    # The store shows the losses while the run trains (not only at its end), so SIGKILL (the
+    # OOM killer) loses at most the last batch.
+    run_id = _killed_mid_run(store, tmp_path, 3000)
     (journal,) = sync.find([tmp_path / "outputs"])
     assert journal.parent.parent.parent.name == "runs"  # in the run's Hydra folder
     journaled = len(sync.Journal(journal).losses())
@@ -86,13 +93,7 @@ def test_a_run_killed_by_sigkill_keeps_its_losses_and_polyexp_sync_closes_it(
 def test_a_zombie_left_by_a_dead_process_is_closed_by_the_next_sweep(
     store: MlflowClient, tmp_path: Path
 ) -> None:
-    process = _start(*FOREVER, cwd=tmp_path)
-    try:
-        run_id = _wait_for_losses(store, 1)
-        process.kill()
-        process.wait(timeout=30)
-    finally:
-        process.kill()
+    run_id = _killed_mid_run(store, tmp_path, 1)
     done = subprocess.run(
         [sys.executable, "-m", "polyexp", "-m", "seed=1", "backend=numpy", "steps=20"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
