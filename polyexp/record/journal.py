@@ -11,7 +11,7 @@ left behind (the store failed, the process was killed) is uploaded by `polyexp-s
 (polyexp.record.sync).
 
 Files: `record.json` (what the run is: store, run id, name, params, tags, host and pid, its
-status as it really ended, the final metrics, how many losses the store has), `losses.bin`
+status as it really ended, the final metrics), `losses.bin`
 (every finite loss, step 0 first, with the time it was logged) and `artifacts/`.
 """
 
@@ -230,8 +230,6 @@ class Recorder:
                 metrics=rows + (final or []),
                 synchronous=True,
             )
-            if self.failed is None:
-                self.journal.update(uploaded=self.journal.state["uploaded"] + len(rows))
 
     def log_metrics(self, losses: np.ndarray, final: Mapping[str, float]) -> None:
         """Every loss not sent yet (all of them for a run trained elsewhere) and the final
@@ -313,7 +311,6 @@ def start_run(
         "pid": os.getpid(),
         "status": "RUNNING",
         "error": None,
-        "uploaded": 0,
         "metrics": {},
         "artifacts_uploaded": False,
     }
