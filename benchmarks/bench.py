@@ -221,7 +221,7 @@ def section_launchers(
     every job recorded in full. basic and joblib run 64 jobs; at `big` jobs (0: none) only
     batched runs (basic would take most of an hour), and their rows give their 64-job rate per
     job. `names`: the launchers to run (all by default); each sweep's time is the best of
-    `repeat` runs (the machine is shared: its load moves every figure)."""
+    `repeat` runs (the machine has other load: it moves every figure)."""
     names = names or list(LAUNCHERS)
     print(f"\n== Launchers: an lr sweep of experiment=seed_module, {steps} steps a job ==")
     rate: dict[str, float] = {}

@@ -80,12 +80,21 @@ def main() -> None:
         with sweep.parents():  # a sweep's parent run is closed when this block ends, however
             _main()
     except KeyboardInterrupt as interrupt:
-        # The run is already recorded as KILLED with every step computed so far.
+        # The run is already recorded as KILLED with every step computed so far, in the store
+        # or, when closing it there was cut short (the store failed, a second Ctrl-C), in its
+        # journal.
+        from polyexp.record import journal
+
+        kept = sorted(str(folder) for folder in journal.pending)
+        where = f"; kept in {', '.join(kept)} until polyexp-sync uploads them" if kept else ""
         sys.exit(
-            f"polyexp: interrupted by {str(interrupt) or 'Ctrl-C'}: runs in progress end KILLED"
+            f"polyexp: interrupted by {str(interrupt) or 'Ctrl-C'}: runs in progress end "
+            f"KILLED{where}"
         )
     except BaseException as error:
         cause = error.__cause__ if isinstance(error, sweep.SweepAborted) else error
+        if isinstance(error, sweep.SweepAborted) and cause is None:  # from another process
+            sys.exit(f"polyexp: error: {error}")
         line = explain(cause) if condense and isinstance(cause, Exception) else None
         if line is None:
             raise

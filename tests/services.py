@@ -117,11 +117,13 @@ class Server:
 
 
 @contextmanager
-def mlflow_server(backend_store_uri: str, timeout: float = 90) -> Iterator[Server]:
-    """`mlflow server` on 127.0.0.1 and a free port, on `backend_store_uri`, serving artifacts
-    from a temp folder; yields once /health answers, stops it on exit."""
+def mlflow_server(
+    backend_store_uri: str, timeout: float = 90, port: int | None = None
+) -> Iterator[Server]:
+    """`mlflow server` on 127.0.0.1 and `port` (default: a free one), on `backend_store_uri`,
+    serving artifacts from a temp folder; yields once /health answers, stops it on exit."""
     artifacts = Path(tempfile.mkdtemp(prefix="polyexp-artifacts-"))
-    port = free_port()
+    port = port or free_port()
     log = artifacts.with_suffix(".log")
     mlflow = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

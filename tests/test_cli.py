@@ -91,5 +91,5 @@ def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     done = polyexp_cli("--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("polyexp: fit y = sin(x)")
-    assert "optimizer: manual_sgd, rmsprop, sgd" in done.stdout
+    assert "optimizer: adam, manual_sgd, rmsprop, sgd" in done.stdout
     assert "$MLFLOW_TRACKING_URI" in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -89,11 +90,22 @@ def _draw(
     fit_against_target(x, y, curves, folder / "fit.png")
 
 
-def _serve(requests: Connection) -> None:
+def _die_with(parent: int) -> None:
+    """Linux: the kernel kills this process when its parent dies (prctl PR_SET_PDEATHSIG), even
+    by SIGKILL (the OOM killer, a scheduler after its grace), so the worker is never orphaned;
+    it keeps both ends of its pipe, so it would never see EOF itself."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(0)
+
+
+def _serve(requests: Connection, parent: int) -> None:
     """The worker's loop: draw what comes, answer None or the error, until the pipe closes.
     Signal handlers of the process it was forked from (submitit's SIGTERM handler, which only
     logs) would keep it alive when multiprocessing ends it at exit: back to the defaults, and
-    Ctrl-C is for the process it serves."""
+    Ctrl-C is for the process it serves. It dies with its parent."""
+    _die_with(parent)
     for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(number, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -117,7 +129,7 @@ class _Worker:
         context = multiprocessing.get_context("fork")
         self.pipe, theirs = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(theirs,), name="polyexp-plots", daemon=True
+            target=_serve, args=(theirs, os.getpid()), name="polyexp-plots", daemon=True
         )
         self.process.start()
         theirs.close()

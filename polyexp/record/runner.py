@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from polyexp import config
 from polyexp.parts.data import Problem
 from polyexp.parts.models import loss_of
-from polyexp.record import plots, provenance, store, tracking
+from polyexp.parts.reference import Optimum
+from polyexp.record import journal, plots, provenance, store
 from polyexp.training import Trained, Training, determinism
 
 
@@ -67,14 +66,19 @@ def run(
     anything is recorded; losses computed before an interrupt or an error are recorded."""
     s = config.check(cfg)
     with determinism.settings(s):  # torch's deterministic mode on GPUs, for this run only
-        training = Training(s)  # parts built: what can be refused is refused before a run
+        problem = s.problem()
+        # The closed-form fit before the backend's arrays exist, so its float64 solve and theirs
+        # are never in memory together (10^7 points: ~0.3 GB less).
+        optimum = s.model.optimum(problem.x, problem.y)
+        training = Training(s, problem)  # parts built: what can be refused is refused here
         with _opened(cfg, s, overrides, tags or {}, training.device, experiment) as recorded:
+            training.report(recorded.add_losses)  # losses reach the store as training goes
             try:
                 trained = training.run()
             except BaseException:
-                recorded.log_metrics(training.losses(), {})
+                training.losses()  # the last chunk, to the journal and the store
                 raise
-            return _record(recorded, cfg, s, overrides, trained, training.problem)
+            return _record(recorded, cfg, s, overrides, trained, problem, optimum)
 
 
 def record(
@@ -86,8 +90,10 @@ def record(
     """Records a run trained elsewhere (e.g. as one member of a batch) exactly as `run` would."""
     s = config.check(cfg)
     extra = {**(tags or {}), "sweep.batch_size": str(trained.batch_size)}
+    problem = s.problem()
+    optimum = s.model.optimum(problem.x, problem.y)
     with _opened(cfg, s, overrides, extra, trained.device) as recorded:
-        return _record(recorded, cfg, s, overrides, trained, s.problem())
+        return _record(recorded, cfg, s, overrides, trained, problem, optimum)
 
 
 @contextmanager
@@ -98,7 +104,7 @@ def _opened(
     extra: Mapping[str, str],
     device: str,
     experiment: str | None = None,
-) -> Iterator[tracking.RecordedRun]:
+) -> Iterator[journal.Recorder]:
     """The run opened in the store (and said where, in one line), closed however it ends."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {
@@ -108,7 +114,7 @@ def _opened(
         **extra,
     }
     name = run_name(s, overrides)
-    with tracking.start_run(name, config.flatten(resolved), tags, experiment) as recorded:
+    with journal.start_run(name, config.flatten(resolved), tags, experiment) as recorded:
         where = store.redact(recorded.client.tracking_uri)
         print(f"polyexp: recording run {recorded.run_id} in {where}")
         recorded.log_data(s.data.n, s.data.low, s.data.high, s.data.name)  # an MLflow dataset
@@ -116,12 +122,13 @@ def _opened(
 
 
 def _record(
-    recorded: tracking.RecordedRun,
+    recorded: journal.Recorder,
     cfg: DictConfig,
     s: config.Settings,
     overrides: Sequence[str],
     trained: Trained,
     problem: Problem,
+    optimum: Optimum | None,
 ) -> Result:
     """The final numbers, then the artifacts."""
     model, losses, theta = s.model, trained.losses, trained.theta
@@ -134,7 +141,6 @@ def _record(
             if lr is not None
             else f"polyexp: the loss stopped being finite at step {trained.diverged_at}"
         )
-    optimum = model.optimum(problem.x, problem.y)
     with np.errstate(over="ignore", invalid="ignore"):  # a diverged run's numbers
         predictions = model.curves(theta, problem.x)  # one a graph: loss and plot
         final_loss = loss_of(predictions, problem.y)
@@ -149,26 +155,25 @@ def _record(
         "train_seconds": trained.train_seconds,
         **(optimum.metrics(final_loss) if optimum else {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        curves = dict(zip(model.graphs, predictions, strict=True))
-        plots_done = plots.draw_in_background(losses, problem.x, problem.y, curves, folder)
-        recorded.log_metrics(losses, final)
-        (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-        result = {
-            "coefficients": coefficients,
-            "final_loss": final_loss,
-            "steps": s.steps,
-            "device": trained.device,
-            "train_seconds": trained.train_seconds,
-            "optimal_loss": None if optimum is None else optimum.loss,
-            "gap_to_optimum": gap,
-        }
-        (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        np.savez(folder / "parameters.npz", **model.parameters(theta))  # type: ignore[arg-type]
-        plots_done()
-        recorded.log_artifacts(folder)
+    folder = recorded.artifacts  # in the run's journal until the store has them
+    curves = dict(zip(model.graphs, predictions, strict=True))
+    plots_done = plots.draw_in_background(losses, problem.x, problem.y, curves, folder)
+    recorded.log_metrics(losses, final)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    result = {
+        "coefficients": coefficients,
+        "final_loss": final_loss,
+        "steps": s.steps,
+        "device": trained.device,
+        "train_seconds": trained.train_seconds,
+        "optimal_loss": None if optimum is None else optimum.loss,
+        "gap_to_optimum": gap,
+    }
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    np.savez(folder / "parameters.npz", **model.parameters(theta))  # type: ignore[arg-type]
+    plots_done()
+    recorded.log_artifacts(folder)
     return Result(
         recorded.run_id,
         coefficients,

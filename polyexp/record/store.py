@@ -130,7 +130,7 @@ def check_sqlite(uri: str, db: Path) -> None:
         )
     try:
         with sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True, timeout=SQLITE_BUSY_SECONDS) as c:
-            c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            names = [row[0] for row in c.execute("SELECT name FROM sqlite_master")]
     except sqlite3.Error as error:
         if "locked" in str(error) or "busy" in str(error):
             raise StoreError(
@@ -138,6 +138,32 @@ def check_sqlite(uri: str, db: Path) -> None:
                 f"{SQLITE_BUSY_SECONDS:g} s); end that process or, {SERVER_HINT}"
             ) from None
         raise StoreError(f"{name}: cannot open the database ({first_line(error)})") from None
+    half = [n for n in names if n.startswith("_alembic_tmp_")]
+    if half:
+        raise StoreError(
+            f"{name}: the database is half-migrated (table {half[0]}: an earlier creation or "
+            f"upgrade was cut short); move {db} away and run again, or repair it with: "
+            f"mlflow db upgrade sqlite:///{db}"
+        )
+
+
+@contextmanager
+def created_once(uri: str) -> Iterator[None]:
+    """Around the first use of an SQLite store: an exclusive file lock beside the database
+    (`<db>.lock`), so two processes opening a fresh store at once never race in MLflow's
+    schema migration; the second waits for the first, then finds the store made."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    with (db.parent / f"{db.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -131,7 +131,7 @@ def open_store(experiment: str | None = None) -> tuple[MlflowClient, str]:
     both when they do not exist yet. Raises store.StoreError (one line) within seconds when the
     store cannot be used."""
     uri, name = tracking_uri(), experiment or experiment_name()
-    with store.reaching(uri):
+    with store.reaching(uri), store.created_once(uri):
         client = MlflowClient(uri)
         experiment_id = _experiment_id(client, name, uri)
         usable_experiment(client, uri, name, experiment_id)

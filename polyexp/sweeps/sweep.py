@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ GROUP_TAG = "sweep.group"  # a job's config hash without seed: jobs differing on
 FOLDER = ".polyexp"  # inside the sweep dir: <parent run id>/parent.json, .../jobs/<num>.json
 OPEN = "parent.json"  # a sweep in progress (renamed parent.closed.json when it ends)
 PARENT_ENV = "POLYEXP_SWEEP_PARENT"  # the parent, handed by the launching process to its jobs
+STORE_FAILED = "store-failed"  # in the parent's folder: the store failed mid-sweep
 
 # Job outcomes, as the job files and the summary spell them.
 FINISHED, DIVERGED, SKIPPED, FAILED = "FINISHED", "DIVERGED", "SKIPPED", "FAILED"
@@ -121,7 +123,12 @@ class SweepCallback(Callback):
         fitted = limits.fit(  # the same record on every store
             f"sweep {overrides}",
             {"sweep.overrides": overrides},
-            {"sweep": "parent", "sweep.dir": str(sweep_dir), "sweep.pid": str(os.getpid())},
+            {
+                "sweep": "parent",
+                "sweep.dir": str(sweep_dir),
+                "sweep.pid": str(os.getpid()),
+                "polyexp.host": socket.gethostname(),
+            },
         )
         run = client.create_run(
             experiment_id, run_name=fitted.run_name, tags=resolve_tags(fitted.tags)
@@ -133,6 +140,7 @@ class SweepCallback(Callback):
         parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
         hand_to_jobs(parent)
         _open[parent.run_id] = parent  # closed where `parents()` ends
+        _close_zombies(client, experiment_id)
         return parent
 
 
@@ -143,6 +151,20 @@ def hand_to_jobs(parent: Parent) -> None:
     text = json.dumps(asdict(parent))
     os.environ[PARENT_ENV] = text
     (Path(parent.folder) / OPEN).write_text(text + "\n")
+
+
+def _close_zombies(client: MlflowClient, experiment_id: str) -> None:
+    """Resume's cleanup: runs of the experiment left RUNNING by a process that is gone."""
+    from polyexp.record import store, sync
+
+    with store.fast_http():
+        closed = sync.close_zombies(client, [experiment_id], "a sweep's resume")
+    if closed:
+        print(
+            f"polyexp: closed {len(closed)} runs left RUNNING by processes that are gone, as "
+            f"KILLED (tag {sync.CLOSED_BY})",
+            flush=True,
+        )
 
 
 def announce_resume(sweep_cfg: DictConfig, parent: Parent) -> None:
@@ -297,13 +319,20 @@ def run_job(
     With `trained` (the job trained in a batch: polyexp.sweeps.batched) it only records the job."""
     from mlflow.tracking import MlflowClient
 
-    from polyexp.record import runner, store
+    from polyexp.record import journal, runner, store
 
     num = int(HydraConfig.get().job.num)
+    failed = Path(parent.folder) / STORE_FAILED
+    if failed.exists():  # an earlier job found the store dead: the sweep stops, job by job fast
+        raise SweepAborted(failed.read_text().strip())
     if cfg.get("resume", True):
-        twin = finished_twin(
-            MlflowClient(parent.uri), parent.experiment_id, config.fingerprint(cfg)
-        )
+        try:
+            twin = journal.bounded(
+                parent.uri, "look up finished runs", finished_twin,
+                MlflowClient(parent.uri), parent.experiment_id, config.fingerprint(cfg),
+            )  # fmt: skip
+        except journal.StoreFailed as error:
+            _store_failed(parent, error)
         if twin is not None:
             final_loss = float(twin.data.metrics.get("final_loss", math.inf))
             if not final_loss < sys.float_info.max:  # SQLite keeps inf as the largest float
@@ -325,10 +354,20 @@ def run_job(
     except BaseException as error:
         why = store.redact(f"{type(error).__name__}: {error}")
         _write(parent, Job(num, overrides, FAILED, error=why))
+        if isinstance(error, journal.StoreFailed):
+            _store_failed(parent, error)
         raise
     status = FINISHED if result.diverged_step is None else DIVERGED
     _write(parent, Job(num, overrides, status, result.run_id, result.final_loss))
     return result.final_loss
+
+
+def _store_failed(parent: Parent, error: Exception) -> None:
+    """The store failed for the bound: every later job of the sweep stops at once (SweepAborted
+    gets past Hydra's launchers, which would run the next job) and the parent is left to
+    polyexp-sync."""
+    (Path(parent.folder) / STORE_FAILED).write_text(f"{error}\n")
+    raise SweepAborted(str(error)) from error
 
 
 def _write(parent: Parent, job: Job) -> None:
@@ -383,6 +422,9 @@ def finish(parent: Parent, error: str | None) -> None:
 
     client = MlflowClient(parent.uri)
     status = error or FINISHED
+    if (Path(parent.folder) / STORE_FAILED).exists():  # polyexp-sync closes it later
+        (Path(parent.folder) / "parent-status.json").write_text(json.dumps(status) + "\n")
+        return
     try:
         jobs = jobs_of(parent)
         children = client.search_runs(

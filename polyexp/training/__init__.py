@@ -2,8 +2,9 @@
 
 `Training(s)` builds the parts (everything that can be refused is refused here, before a run
 is recorded); `run()` trains and returns a `Trained`; `losses()` gives the steps computed so
-far, for a record of a run that was stopped. Nothing here imports MLflow, and a run on the
-numpy backend never imports torch.
+far, for a record of a run that was stopped; `report(on_chunk)` hands each chunk of losses to
+a listener as it reaches the host (the record writes them as training goes). Nothing here
+imports MLflow, and a run on the numpy backend never imports torch.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from polyexp.config import Settings
+from polyexp.parts.data import Problem
 from polyexp.training import determinism
-from polyexp.training.loop import History, loop
+from polyexp.training.loop import History, OnChunk, loop
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,18 @@ class Trained:
 class Training:
     """One run's parts, built; `run()` trains them."""
 
-    def __init__(self, s: Settings) -> None:
+    def __init__(self, s: Settings, problem: Problem | None = None) -> None:
         self.settings = s
-        self.problem = s.problem()
+        self.problem = s.problem() if problem is None else problem
         self.fit = s.backend.build(s, self.problem)
         self.device = self.fit.device
         self.history = History(self.fit)
+
+    def report(self, on_chunk: OnChunk) -> None:
+        """Hands each chunk of finite losses, (first step, losses), to `on_chunk` as it reaches
+        the host (every log_every steps, else every 1000), and the rest when `losses()` is
+        called after an interrupt. Its time is not counted in train_seconds."""
+        self.history.on_chunk = on_chunk
 
     def run(self) -> Trained:
         s, history = self.settings, self.history
@@ -47,7 +55,8 @@ class Training:
         # A diverging run overflows on its way to inf: an outcome we report ourselves.
         with np.errstate(over="ignore", invalid="ignore"):
             loop(self.fit, s.steps, history, s.log_every)
-        seconds = time.perf_counter() - start
+        self.losses()  # the last chunk, to the listener too
+        seconds = time.perf_counter() - start - history.on_chunk_seconds
         return Trained(
             self.losses(), history.diverged_at, self.fit.coefficients(), seconds, self.device
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,16 +12,24 @@ from tqdm import tqdm
 
 from polyexp.parts.backends import Fit
 
+# What hears each chunk of finite losses as it reaches the host: (its first step, the losses).
+OnChunk = Callable[[int, np.ndarray], None]
+
 
 class History:
     """Every step's loss. Losses stay on the backend's device and come to the host in chunks,
-    so a GPU run does not wait on the host every step."""
+    so a GPU run does not wait on the host every step. `on_chunk`, when set, hears each chunk's
+    finite losses as they arrive (e.g. the record, which writes them as training goes); the
+    time it takes is kept in `on_chunk_seconds`, so the loop's own time can leave it out."""
 
-    def __init__(self, fit: Fit) -> None:
+    def __init__(self, fit: Fit, on_chunk: OnChunk | None = None) -> None:
         self._fit = fit
         self._pending: list[Any] = []
         self._chunks: list[np.ndarray] = []
+        self._count = 0  # losses on the host
         self.diverged_at: int | None = None  # the first step whose loss is not finite
+        self.on_chunk = on_chunk
+        self.on_chunk_seconds = 0.0
 
     def append(self, loss: Any) -> None:
         self._pending.append(loss)
@@ -29,10 +39,18 @@ class History:
         if self._pending:
             chunk = self._fit.fetch(self._pending)
             finite = np.isfinite(chunk)  # checked here, on the host, never with a sync a step
+            start = self._count
             if self.diverged_at is None and not finite.all():
-                self.diverged_at = sum(map(len, self._chunks)) + int(np.argmin(finite))
+                self.diverged_at = start + int(np.argmin(finite))
             self._chunks.append(chunk)
+            self._count += len(chunk)
             self._pending = []
+            if self.on_chunk is not None:  # only the finite losses, as the run keeps them
+                end = len(chunk) if self.diverged_at is None else self.diverged_at - start
+                if end > 0:
+                    began = time.perf_counter()
+                    self.on_chunk(start, chunk[:end])
+                    self.on_chunk_seconds += time.perf_counter() - began
         return self._chunks[-1] if self._chunks else np.empty(0)
 
     def values(self) -> np.ndarray:

@@ -1,0 +1,215 @@
+"""`polyexp-sync [FOLDER ...]`: upload the records the store does not have yet, close zombies.
+
+A run whose store failed mid-run, or whose process was killed, leaves its journal
+(polyexp.record.journal) in its Hydra run folder. polyexp-sync finds every journal under the
+folders given (default: outputs/) and completes the run in the store it was meant for: params,
+tags, the losses the store lacks, the final numbers, the artifacts, and its status as it really
+ended (FINISHED, FAILED or KILLED; a journal whose process is gone without ending the run:
+KILLED). It is idempotent: a record the store has in full is removed, and a second sync finds
+nothing to do. It then closes zombies: RUNNING runs of those experiments whose process is gone
+(same host, pid no longer alive) end KILLED with the tag `polyexp.closed_by` saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from polyexp.record import journal, store
+from polyexp.record.journal import Journal, bounded
+
+CLOSED_BY = "polyexp.closed_by"
+
+
+def find(folders: Iterable[Path]) -> list[Path]:
+    """Every journal folder in or under `folders`."""
+    found: set[Path] = set()
+    for folder in folders:
+        if (folder / journal.RECORD).is_file():
+            found.add(folder.resolve())
+        elif folder.is_dir():
+            found.update(p.parent.resolve() for p in folder.rglob(journal.RECORD))
+    return sorted(found)
+
+
+def _started(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds, Linux), None when not known."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def alive(pid: int, since: float | None = None) -> bool:
+    """Whether process `pid` of this host lives (not a zombie), and, with `since` (epoch
+    seconds), started before then (a later process that reuses the pid does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except OSError:
+        pass
+    started = _started(pid)
+    return not (since is not None and started is not None and started > since + 2)
+
+
+def upload(folder: Path) -> str:
+    """Completes the run of the journal in `folder` in its store; returns what it did (a line)."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    record = Journal(folder)
+    state = record.state
+    uri, run_id = state["uri"], state["run_id"]
+    status, error, tags = state["status"], state.get("error"), dict(state["tags"])
+    if status == "RUNNING":
+        if state["host"] == socket.gethostname() and alive(int(state["pid"])):
+            return f"{folder}: run {run_id} is still running (pid {state['pid']}): left as it is"
+        status = "KILLED"
+        tags[CLOSED_BY] = (
+            f"polyexp-sync: its process (pid {state['pid']} on {state['host']}) ended "
+            "without closing the run"
+        )
+    client = MlflowClient(uri)
+    with store.fast_http():
+        bounded(uri, "find the run", client.get_run, run_id)
+        params = [Param(k, v) for k, v in state["params"].items()]
+        rows = [RunTag(k, str(v)) for k, v in tags.items()]
+        if error:
+            rows.append(RunTag("error", error))
+        bounded(uri, "log params and tags", client.log_batch, run_id, params=params, tags=rows)
+        history = bounded(uri, "read the losses", client.get_metric_history, run_id, "loss")
+        have = 1 + max((m.step for m in history), default=-1)
+        losses = record.losses()
+        metrics = [
+            Metric("loss", float(v), int(t), step)
+            for step, (v, t) in enumerate(losses.tolist())
+            if step >= have
+        ]
+        now = int(time.time() * 1000)
+        metrics += [Metric(k, float(v), now, 0) for k, v in state.get("metrics", {}).items()]
+        for start in range(0, len(metrics), journal.FLUSH_ROWS):
+            part = metrics[start : start + journal.FLUSH_ROWS]
+            bounded(uri, "log the losses", client.log_batch, run_id, metrics=part)
+        artifacts = folder / journal.ARTIFACTS
+        if not state.get("artifacts_uploaded") and artifacts.is_dir() and any(artifacts.iterdir()):
+            bounded(uri, "upload the artifacts", client.log_artifacts, run_id, str(artifacts))
+        bounded(uri, "close the run", client.set_terminated, run_id, status)
+    record.remove()
+    return (
+        f"{folder}: run {run_id} completed in {store.redact(uri)}: {status}, "
+        f"{len(losses)} losses ({max(0, len(losses) - have)} uploaded now)"
+    )
+
+
+def close_parent(folder: Path) -> str:
+    """Ends the parent run of a sweep whose store failed (its `.polyexp` folder) as it ended."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    parent = json.loads((folder / "parent.json").read_text())
+    status = json.loads((folder / "parent-status.json").read_text())
+    uri = parent["uri"]
+    with store.fast_http():
+        close = MlflowClient(uri).set_terminated
+        bounded(uri, "close the sweep's parent", close, parent["run_id"], status)
+    (folder / "parent-status.json").unlink()
+    return f"{folder.parent}: the sweep's parent run {parent['run_id']} closed: {status}"
+
+
+def close_zombies(client: Any, experiment_ids: list[str], by: str) -> list[str]:
+    """Ends KILLED every RUNNING run of these experiments whose process (this host, tags
+    polyexp.pid or sweep.pid) is gone, tagged `polyexp.closed_by`; returns their ids."""
+    here = socket.gethostname()
+    closed = []
+    found = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000)
+    for run in found:
+        tags = run.data.tags
+        pid = tags.get(journal.PID_TAG) or tags.get("sweep.pid")
+        if not pid or tags.get(journal.HOST_TAG, here) != here:
+            continue
+        if alive(int(pid), run.info.start_time / 1000):
+            continue
+        why = f"{by}: its process (pid {pid} on {here}) is gone and the run was left RUNNING"
+        client.set_tag(run.info.run_id, CLOSED_BY, why)
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="polyexp-sync",
+        description="Upload the records of runs the store does not have in full (kept in their "
+        "Hydra run folders when the store failed or the process was killed), then close runs "
+        "left RUNNING by processes that are gone.",
+    )
+    parser.add_argument(
+        "folders", nargs="*", type=Path, help="run or sweep folders (default: outputs/)"
+    )
+    args = parser.parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from polyexp.record import tracking
+
+    failed = 0
+    stores: dict[str, set[str]] = {}
+    for folder in find(args.folders or [Path("outputs")]):
+        try:
+            state = Journal(folder).state
+            print(f"polyexp-sync: {upload(folder)}")
+            stores.setdefault(state["uri"], set()).add(str(state["experiment_id"]))
+        except (store.StoreError, OSError, ValueError, KeyError) as error:
+            failed += 1
+            print(f"polyexp-sync: {folder}: not uploaded: {error}", file=sys.stderr)
+    for folder in args.folders or [Path("outputs")]:  # sweeps whose store failed: the parent
+        for status_file in folder.rglob("parent-status.json"):
+            try:
+                print(f"polyexp-sync: {close_parent(status_file.parent)}")
+            except (store.StoreError, OSError, ValueError, KeyError) as error:
+                failed += 1
+                print(f"polyexp-sync: {status_file.parent}: not closed: {error}", file=sys.stderr)
+    try:  # the current store's experiment too, when it exists
+        uri = tracking.tracking_uri()
+        client = MlflowClient(uri)
+        with store.reaching(uri):
+            experiment = client.get_experiment_by_name(tracking.experiment_name())
+        if experiment is not None:
+            stores.setdefault(uri, set()).add(str(experiment.experiment_id))
+    except store.StoreError as error:
+        print(f"polyexp-sync: {error}", file=sys.stderr)
+    for uri, experiments in stores.items():
+        client = MlflowClient(uri)
+        try:
+            closed = bounded(
+                uri, "close zombies", close_zombies, client, sorted(experiments), "polyexp-sync"
+            )
+        except store.StoreError as error:
+            failed += 1
+            print(f"polyexp-sync: {error}", file=sys.stderr)
+            continue
+        if closed:
+            print(
+                f"polyexp-sync: closed {len(closed)} runs left RUNNING by processes that are "
+                f"gone, as KILLED (tag {CLOSED_BY}): {', '.join(closed)}"
+            )
+    if failed:
+        sys.exit(1)
