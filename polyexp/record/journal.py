@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from polyexp.record import store
+from polyexp.record import limits, store
 
 TIMEOUT_ENV = "POLYEXP_STORE_TIMEOUT"  # seconds a failing store is retried before a run stops
 DEFAULT_TIMEOUT = 30.0
@@ -165,7 +165,8 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def metric_value(v: float) -> float:
-    """A final number as the store keeps it: not finite -> NaN (tracking.RecordedRun's rule)."""
+    """A final number as the store keeps it: not finite -> NaN (an SQL store writes inf as
+    1.7976931348623157e308, which reads as a number; NaN sorts last)."""
     return float(v) if math.isfinite(v) else math.nan
 
 
@@ -233,7 +234,7 @@ class Recorder:
 
     def log_metrics(self, losses: np.ndarray, final: Mapping[str, float]) -> None:
         """Every loss not sent yet (all of them for a run trained elsewhere) and the final
-        numbers (not finite -> NaN, as tracking.RecordedRun.log_metrics)."""
+        numbers (not finite -> NaN)."""
         from mlflow.entities import Metric
 
         self.add_losses(0, np.asarray(losses, dtype=np.float64))
@@ -294,19 +295,19 @@ def start_run(
     client, experiment_id = tracking.open_store(experiment)
     uri = client.tracking_uri
     where = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    tags = {**tags, **where}
+    fitted = limits.fit(run_name, params, {**tags, **where})  # the same record on every store
     run = bounded(
-        uri, "open the run", client.create_run, experiment_id, run_name=run_name,
-        tags=resolve_tags(dict(tags)),
+        uri, "open the run", client.create_run, experiment_id, run_name=fitted.run_name,
+        tags=resolve_tags(fitted.tags),
     )  # fmt: skip
     folder = folder or default_folder()
     state = {
         "uri": uri,
         "experiment_id": experiment_id,
         "run_id": run.info.run_id,
-        "run_name": run_name,
-        "params": {k: str(v) for k, v in params.items()},
-        "tags": dict(tags),
+        "run_name": fitted.run_name,
+        "params": fitted.params,
+        "tags": fitted.tags,
         "host": where[HOST_TAG],
         "pid": os.getpid(),
         "status": "RUNNING",
@@ -318,8 +319,9 @@ def start_run(
     pending.add(folder)
     status, error = "FAILED", None
     try:
-        rows = [Param(k, str(v)) for k, v in params.items()]
+        rows = [Param(k, v) for k, v in fitted.params.items()]
         recorder.call("log the params", client.log_batch, run.info.run_id, params=rows)
+        recorder.call("keep the whole values", fitted.keep, client, run.info.run_id)
         yield recorder
         status = "FINISHED"
     except KeyboardInterrupt:
