@@ -93,9 +93,11 @@ class Model(Option):
     def torch_module(self, initial: torch.Tensor, seed: int) -> torch.nn.Module:
         """The nn.Module the autograd backend trains: by default one scalar Parameter per name,
         whose forward pass is `forward`."""
+        import torch
+
         from polyexp.parts.torch_modules import Scalars
 
-        return Scalars(self.names, initial, lambda theta, x: self.forward(theta, x, torch_()))
+        return Scalars(self.names, initial, lambda theta, x: self.forward(theta, x, torch))
 
     def torch_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """What the module takes: x itself (sequential: the features (x, x^2, x^3))."""
@@ -111,12 +113,6 @@ class Model(Option):
         """The trained parameters as the model's own state_dict names them."""
         theta = np.asarray(theta, dtype=np.float64)
         return {name: np.asarray(value) for name, value in zip(self.names, theta, strict=True)}
-
-
-def torch_() -> ModuleType:
-    import torch
-
-    return torch
 
 
 def loss_of(predictions: list[np.ndarray], y: np.ndarray) -> float:

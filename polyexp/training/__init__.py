@@ -55,11 +55,9 @@ class Training:
         # A diverging run overflows on its way to inf: an outcome we report ourselves.
         with np.errstate(over="ignore", invalid="ignore"):
             loop(self.fit, s.steps, history, s.log_every)
-        self.losses()  # the last chunk, to the listener too
+        losses = self.losses()  # flushes the last chunk, to the listener too
         seconds = time.perf_counter() - start - history.on_chunk_seconds
-        return Trained(
-            self.losses(), history.diverged_at, self.fit.coefficients(), seconds, self.device
-        )
+        return Trained(losses, history.diverged_at, self.fit.coefficients(), seconds, self.device)
 
     def losses(self) -> np.ndarray:
         """The finite losses computed so far, step 0 first."""

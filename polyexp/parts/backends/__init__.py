@@ -85,7 +85,8 @@ def hyper_columns(settings: Sequence[Settings], xp: Any, **array: Any) -> dict[s
             return tuple(column([v[i] for v in values]) for i in range(len(values[0])))
         return xp.asarray([[v] for v in values], **array)
 
-    hyper = first.hyper()
+    rows = [s.optimizer.hyper() for s in settings]
+    hyper = dict(rows[0])
     for key in first.numbers:
-        hyper[key] = column([s.optimizer.hyper()[key] for s in settings])
+        hyper[key] = column([row[key] for row in rows])
     return hyper
