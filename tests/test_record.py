@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,29 @@ def test_default_store_is_sqlite_under_outputs_with_artifacts_beside_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "outputs"
     ]  # no stray mlruns/ or mlflow.db
+
+
+def test_runs_logging_the_same_new_dataset_at_once_each_get_it(store: MlflowClient) -> None:
+    # MLflow's SQL store looks a dataset up, then inserts it: without the retry some of these
+    # threads fail on the datasets table's unique key (seen in CI with 4 joblib jobs).
+    experiment = store.create_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    errors: list[BaseException] = []
+    for n in (100, 200, 300):  # three new datasets, eight runs racing for each
+        runs = [store.create_run(experiment).info.run_id for _ in range(8)]
+        start = threading.Barrier(len(runs))
+
+        def log(run_id: str, n: int = n, start: threading.Barrier = start) -> None:
+            client = MlflowClient(store.tracking_uri)
+            start.wait()
+            try:
+                tracking.log_inputs(client, run_id, [tracking.data_input(n, -1.0, 1.0)])
+            except Exception as error:  # collected for the assert
+                errors.append(error)
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [len(store.get_run(r).inputs.dataset_inputs) for r in runs] == [1] * len(runs)
+    assert errors == []

@@ -248,7 +248,7 @@ class Recorder:
 
         self.journal.update(data=[n, low, high, target])
         data = [tracking.data_input(n, low, high, target)]
-        self.call("log the data", self.client.log_inputs, self.run_id, data)
+        self.call("log the data", tracking.log_inputs, self.client, self.run_id, data)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag

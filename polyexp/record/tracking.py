@@ -73,6 +73,18 @@ def data_input(n: int, low: float, high: float, target: str = "sin") -> DatasetI
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
+def log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """Links `inputs` to the run. MLflow's SQL store looks a dataset up, then inserts it, so two
+    runs logging the same new dataset at once can collide on its unique key; the loser's second
+    call finds the dataset and only links it (log_inputs is idempotent)."""
+    try:
+        client.log_inputs(run_id, inputs)
+    except MlflowException as error:
+        if "unique constraint" not in str(error).lower():
+            raise
+        client.log_inputs(run_id, inputs)
+
+
 def loss_history(client: MlflowClient, run_id: str) -> np.ndarray:
     """The recorded `loss` of every step, step 0 first, as float64."""
     history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
