@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import services
 from conftest import ARTIFACTS, polyexp_cli
+from polyexp.record import journal, store
 from polyexp.sweeps import sweep
 
 pytestmark = pytest.mark.slow
@@ -121,3 +122,30 @@ def test_a_sweep_on_a_server_that_never_answers_stops_before_its_first_job(
     assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot reach")
     assert "no answer within the time limit" in line
     assert took < 30, took  # 3 tries of 2 s and 1 + 2 s of backoff, plus start-up
+
+
+def test_a_store_password_is_never_written_to_a_file(
+    server: services.Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The test database trusts every local connection, so a password in the URI is accepted.
+    secret = f"pw-{uuid.uuid4().hex[:8]}"
+    uri = server.backend_store_uri.replace("postgres@", f"postgres:{secret}@")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"secret-{uuid.uuid4().hex[:8]}")
+
+    with journal.start_run("secret", {}, {}, folder=tmp_path / "record") as recorded:
+        written = "".join(p.read_text() for p in (tmp_path / "record").rglob("*.json"))
+        assert written and secret not in written  # the run's journal, while the run is open
+        assert store.from_disk(store.on_disk(uri), tmp_path) == uri  # sync reaches the store
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        with pytest.raises(store.StoreError, match=r"without its password.*MLFLOW_TRACKING_URI"):
+            store.from_disk(store.on_disk(uri), tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert MlflowClient(uri).get_run(recorded.run_id).info.status == "FINISHED"
+
+    done = polyexp_cli("-m", "seed=0,1", *FAST, cwd=tmp_path)  # parent.json, job folders
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout + done.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "parent.closed.json" for p in files)
+    assert not [p for p in files if secret.encode() in p.read_bytes()]

@@ -302,7 +302,7 @@ def start_run(
     )  # fmt: skip
     folder = folder or default_folder()
     state = {
-        "uri": uri,
+        "uri": store.on_disk(uri),  # never a password in a file
         "experiment_id": experiment_id,
         "run_id": run.info.run_id,
         "run_name": fitted.run_name,

@@ -50,6 +50,27 @@ def redact(text: str) -> str:
     return _PASSWORD_KEY.sub(lambda m: f"{m['key']}***", text)
 
 
+def on_disk(uri: str) -> str:
+    """A store's URI as polyexp writes it into a file (a run's journal, a sweep's parent.json):
+    without its password, since run folders are shared and copied."""
+    return redact(uri)
+
+
+def from_disk(written: str, where: Path) -> str:
+    """The URI to reach a store `written` by on_disk into the file `where`: as written when it
+    had no password, else MLFLOW_TRACKING_URI when that names the same store. Raises StoreError
+    (one line) when the password is missing."""
+    if "***" not in written:
+        return written
+    current = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if redact(current) == written:
+        return current
+    raise StoreError(
+        f"{where} names the store {written} without its password (polyexp never writes one); "
+        "set MLFLOW_TRACKING_URI to that store's full URI"
+    )
+
+
 def redact_tracebacks() -> None:
     """A traceback this process does not catch is printed through redact too: the error it
     ends with may echo a store's URI (the commands call this first)."""

@@ -77,7 +77,7 @@ def upload(folder: Path) -> str:
 
     record = Journal(folder)
     state = record.state
-    uri, run_id = state["uri"], state["run_id"]
+    uri, run_id = store.from_disk(state["uri"], folder), state["run_id"]
     status, error, tags = state["status"], state.get("error"), dict(state["tags"])
     if status == "RUNNING":
         if state["host"] == socket.gethostname() and alive(int(state["pid"])):
@@ -127,7 +127,7 @@ def close_parent(folder: Path) -> str:
 
     parent = json.loads((folder / "parent.json").read_text())
     status = json.loads((folder / "parent-status.json").read_text())
-    uri = parent["uri"]
+    uri = store.from_disk(parent["uri"], folder / "parent.json")
     with store.fast_http():
         close = MlflowClient(uri).set_terminated
         bounded(uri, "close the sweep's parent", close, parent["run_id"], status)
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             state = Journal(folder).state
             print(f"polyexp-sync: {upload(folder)}")
-            stores.setdefault(state["uri"], set()).add(str(state["experiment_id"]))
+            uri = store.from_disk(state["uri"], folder)
+            stores.setdefault(uri, set()).add(str(state["experiment_id"]))
         except (store.StoreError, OSError, ValueError, KeyError) as error:
             failed += 1
             print(f"polyexp-sync: {folder}: not uploaded: {error}", file=sys.stderr)

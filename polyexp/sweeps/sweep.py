@@ -23,7 +23,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,9 +148,11 @@ def hand_to_jobs(parent: Parent) -> None:
     """Makes `parent` the one its jobs find: in this process's environment, which every
     launcher's job processes inherit (joblib, submitit, Slurm), and in its folder's parent.json
     for a job that was not given the environment."""
-    text = json.dumps(asdict(parent))
-    os.environ[PARENT_ENV] = text
-    (Path(parent.folder) / OPEN).write_text(text + "\n")
+    from polyexp.record import store
+
+    os.environ[PARENT_ENV] = json.dumps(asdict(parent))
+    on_disk = replace(parent, uri=store.on_disk(parent.uri))  # never a password in a file
+    (Path(parent.folder) / OPEN).write_text(json.dumps(asdict(on_disk)) + "\n")
 
 
 def _close_zombies(client: MlflowClient, experiment_id: str) -> None:
@@ -289,7 +291,12 @@ def parent_of(sweep_dir: str) -> Parent | None:
             f"{len(found)} sweeps are open in {base.parent} and this job was not told which is "
             f"its own ({PARENT_ENV} is not set); give each sweep its own hydra.sweep.dir"
         )
-    return Parent(**json.loads(found[0].read_text())) if found else None
+    if not found:
+        return None
+    from polyexp.record import store
+
+    parent = Parent(**json.loads(found[0].read_text()))
+    return replace(parent, uri=store.from_disk(parent.uri, found[0]))
 
 
 def finished_twin(client: MlflowClient, experiment_id: str, fingerprint: str) -> Any | None:
