@@ -19,6 +19,7 @@ from polyexp.sweeps import sweep
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("slurm"),  # Slurm's ports are fixed: one cluster at a time
     pytest.mark.skipif(
         bool(slurm_cluster.missing()),
         reason=f"Slurm is not installed (missing: {' '.join(slurm_cluster.missing())})",
