@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from types import FrameType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from polyexp.errors import UserError
 from polyexp.record import store
-from polyexp.sweeps import sweep
+from polyexp.sweeps import stopping, sweep
 
 # Lines of Hydra's and OmegaConf's messages that add detail, not meaning.
 _DETAIL = ("full_key:", "object_type=", "reference_type=", "See https://", "Config search path")
@@ -47,12 +45,6 @@ def one_line(error: Exception) -> str:
     return " ".join(line for line in lines if line and not line.startswith(_DETAIL))
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (a scheduler's or `kill`'s stop) takes Ctrl-C's path: the run ends KILLED with
-    every step so far, a sweep's parent too."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 # Hydra's option (or any prefix argparse would take for it, e.g. `--experimental`).
 _HYDRA_RERUN = "--experimental-rerun"
 NO_HYDRA_RERUN = (
@@ -68,7 +60,9 @@ def asks_hydra_rerun(argv: list[str]) -> bool:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (a scheduler's or `kill`'s stop) takes Ctrl-C's path: the run ends KILLED with
+    # every step so far; a sweep's jobs wherever they run, then its parent (sweeps.stopping).
+    stopping.install()
     store.redact_tracebacks()  # an error that echoes a store's URI never shows its password
     if asks_hydra_rerun(sys.argv[1:]):  # refused before Hydra can load the pickle
         sys.exit(f"polyexp: error: {NO_HYDRA_RERUN}")
@@ -108,6 +102,8 @@ def explain(error: Exception) -> str | None:
         return one_line(error)
     if isinstance(error, UserError):  # a job of a sweep refused its config or its store
         return str(error)
+    if line := stopping.explain(error):  # a launcher's worker process died
+        return line
     if isinstance(error, OSError) and error.filename:
         # Hydra could not make its run folder (a read-only outputs folder, a file in the way).
         return (

@@ -15,6 +15,7 @@ Only Hydra's public API: nothing from hydra._internal, nothing of Hydra's replac
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -32,7 +33,7 @@ from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from polyexp import config
-from polyexp.sweeps import batched, sweep
+from polyexp.sweeps import batched, stopping, sweep
 from polyexp.training import determinism
 
 if TYPE_CHECKING:
@@ -66,24 +67,61 @@ def launch(
         jobs.append(cfg)
 
     parent = sweep.parent_of(str(hydra.sweep.dir))
-    trained = _train(_plan(jobs, parent), launcher.max_batch) if parent else {}
+    try:
+        trained = _train(_plan(jobs, parent), launcher.max_batch) if parent else {}
+    except batched.Interrupted as stopped:  # Ctrl-C, SIGTERM while a batch trained
+        assert parent is not None
+        _record_killed(launcher, [jobs[i] for i in stopped.jobs], parent, stopped.trained)
+        raise
 
     runs = []
     for i, cfg in enumerate(jobs):
         task = launcher.task_function
         if parent is not None and i in trained:
             task = _recorded(parent, trained[i])
-        runs.append(
-            run_job(
-                hydra_context=launcher.hydra_context,
-                task_function=task,
-                config=cfg,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-        )
-        configure_log(hydra.hydra_logging, hydra.verbose)
+        runs.append(_run(launcher, task, cfg))
     return runs
+
+
+def _run(launcher: BatchedLauncher, task: TaskFunction, cfg: DictConfig) -> JobReturn:
+    """One job through Hydra's own run_job, as the basic launcher runs it."""
+    assert launcher.config is not None and launcher.hydra_context is not None
+    try:
+        return run_job(
+            hydra_context=launcher.hydra_context,
+            task_function=task,
+            config=cfg,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    finally:
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+
+
+def _record_killed(
+    launcher: BatchedLauncher,
+    jobs: Sequence[DictConfig],
+    parent: sweep.Parent,
+    trained: Sequence[Trained],
+) -> None:
+    """The members of a batch whose training was interrupted, each recorded as a KILLED child
+    run with its losses so far (its Job file says KILLED), within the stop's grace
+    (POLYEXP_STOP_GRACE); a member past it is not recorded, and said so. A second signal
+    stops at once."""
+    from polyexp.record import runner
+
+    deadline = time.monotonic() + stopping.grace()
+    for done, (cfg, one) in enumerate(zip(jobs, trained, strict=True)):
+        if time.monotonic() > deadline:
+            log.warning(
+                f"{len(jobs) - done} jobs of the interrupted batch not recorded: "
+                f"{stopping.GRACE_ENV}={stopping.grace():g} s is over"
+            )
+            return
+        try:
+            _run(launcher, _recorded(parent, one), cfg)
+        except runner.Killed:  # recorded KILLED, as asked
+            continue
 
 
 def _recorded(parent: sweep.Parent, trained: Trained) -> TaskFunction:
@@ -135,6 +173,9 @@ def _train(groups: list[list[tuple[int, Settings]]], max_batch: int) -> dict[int
             try:
                 with determinism.settings(settings[0]):  # as a run of its own on a GPU
                     outcomes = batched.train(settings)
+            except batched.Interrupted as stopped:
+                stopped.jobs = [i for i, _ in part]  # the batch's members, by job index
+                raise
             except Exception as error:  # e.g. no cuda here: each job then says so itself
                 log.warning(f"batch of {len(part)} jobs not trained together: {error}")
                 continue

@@ -24,6 +24,11 @@ from polyexp.record import journal, plots, provenance, store
 from polyexp.training import Trained, Training, determinism
 
 
+class Killed(KeyboardInterrupt):
+    """A run recorded as KILLED on purpose: it was trained elsewhere (one member of a batch)
+    and its training was interrupted. Whoever records the other members goes on, then stops."""
+
+
 @dataclass(frozen=True)
 class Result:
     """What a run returns (and records): final coefficients, the loss at every step, the run id."""
@@ -87,9 +92,15 @@ def record(
     overrides: Sequence[str] = (),
     tags: Mapping[str, str] | None = None,
 ) -> Result:
-    """Records a run trained elsewhere (e.g. as one member of a batch) exactly as `run` would."""
+    """Records a run trained elsewhere (e.g. as one member of a batch) exactly as `run` would.
+    A run whose training was interrupted (Trained.interrupted) ends KILLED with its losses so
+    far, as `run` ends one: raises Killed once it is recorded."""
     s = config.check(cfg)
     extra = {**(tags or {}), "sweep.batch_size": str(trained.batch_size)}
+    if trained.interrupted:
+        with _opened(cfg, s, overrides, extra, trained.device) as recorded:
+            recorded.add_losses(0, np.asarray(trained.losses, dtype=np.float64))
+            raise Killed(f"its batch's training was interrupted at step {len(trained.losses)}")
     problem = s.problem()
     optimum = s.model.optimum(problem.x, problem.y)
     with _opened(cfg, s, overrides, extra, trained.device) as recorded:

@@ -49,10 +49,21 @@ def group_key(cfg: DictConfig, s: Settings) -> str | None:
     return json.dumps(kept, sort_keys=True, default=str)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The batch's training was interrupted (Ctrl-C, SIGTERM); `trained` holds each run's
+    losses so far (Trained.interrupted), to be recorded as KILLED runs."""
+
+    def __init__(self, why: str, trained: list[Trained]) -> None:
+        super().__init__(why)
+        self.trained = trained
+        self.jobs: list[int] = []  # the members' job indices, set by the launcher
+
+
 def train(settings: Sequence[Settings]) -> list[Trained]:
     """Trains runs that share a group key as one batch; returns each run's outcome, in order.
     Losses come to the host every `log_every` steps (else every CHUNK), as in polyexp.training.loop;
-    training stops early only when every run has diverged."""
+    training stops early only when every run has diverged. Interrupted, it raises Interrupted
+    with each run's losses so far."""
     s = settings[0]
     problems = [one.problem() for one in settings]
     fit = s.backend.build_batch(settings, problems)
@@ -64,22 +75,41 @@ def train(settings: Sequence[Settings]) -> list[Trained]:
     done = 0
     start = time.perf_counter()
     with np.errstate(all="ignore"):  # a diverging row overflows; the others carry on
-        for t in range(s.steps):
-            pending.append(fit.step())
-            if (t + 1) % every and t + 1 < s.steps:
-                continue
-            chunk, pending = fit.fetch(pending), []
-            bad = ~np.isfinite(chunk)
-            newly = [int(i) for i in np.flatnonzero(bad.any(0)) if diverged[i] is None]
-            if newly:
-                theta = fit.coefficients()
-                first = bad.argmax(0)
-                for i in newly:
-                    diverged[i], stopped[i] = done + int(first[i]), theta[i]
-            chunks.append(chunk)
-            done += len(chunk)
-            if all(d is not None for d in diverged):
-                break
+        try:
+            for t in range(s.steps):
+                pending.append(fit.step())
+                if (t + 1) % every and t + 1 < s.steps:
+                    continue
+                chunk, pending = fit.fetch(pending), []
+                bad = ~np.isfinite(chunk)
+                newly = [int(i) for i in np.flatnonzero(bad.any(0)) if diverged[i] is None]
+                if newly:
+                    theta = fit.coefficients()
+                    first = bad.argmax(0)
+                    for i in newly:
+                        diverged[i], stopped[i] = done + int(first[i]), theta[i]
+                chunks.append(chunk)
+                done += len(chunk)
+                if all(d is not None for d in diverged):
+                    break
+        except KeyboardInterrupt as interrupt:
+            if pending:  # the steps computed since the last look: every run keeps them
+                chunks.append(fit.fetch(pending))
+            losses = np.concatenate(chunks) if chunks else np.empty((0, size))
+            theta = fit.coefficients()
+            partial = [
+                Trained(
+                    _finite(losses[: diverged[i], i]),
+                    diverged[i],
+                    theta[i],
+                    0.0,
+                    fit.device,
+                    size,
+                    interrupted=True,
+                )
+                for i in range(size)
+            ]
+            raise Interrupted(str(interrupt), partial) from None
     seconds = (time.perf_counter() - start) / size  # each run's share of the batch's loop
     losses = np.concatenate(chunks)
     theta = fit.coefficients()
@@ -94,3 +124,10 @@ def train(settings: Sequence[Settings]) -> list[Trained]:
         )
         for i in range(size)
     ]
+
+
+def _finite(losses: np.ndarray) -> np.ndarray:
+    """The losses up to the first one that is not finite (a row that diverged in the last,
+    unchecked steps keeps its finite ones, as a run of its own would)."""
+    bad = ~np.isfinite(losses)
+    return losses[: int(bad.argmax())].copy() if bad.any() else losses.copy()

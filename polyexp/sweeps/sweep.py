@@ -14,6 +14,7 @@ also when Hydra re-raises a failed job (then `on_multirun_end` never runs): neve
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import json
@@ -33,6 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from polyexp import config
+from polyexp.sweeps import stopping
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -46,8 +48,8 @@ OPEN = "parent.json"  # a sweep in progress (renamed parent.closed.json when it 
 PARENT_ENV = "POLYEXP_SWEEP_PARENT"  # the parent, handed by the launching process to its jobs
 STORE_FAILED = "store-failed"  # in the parent's folder: the store failed mid-sweep
 
-# Job outcomes, as the job files and the summary spell them.
-FINISHED, DIVERGED, SKIPPED, FAILED = "FINISHED", "DIVERGED", "SKIPPED", "FAILED"
+# Job outcomes, as the job files and the summary spell them (KILLED: interrupted).
+FINISHED, DIVERGED, SKIPPED, FAILED, KILLED = "FINISHED", "DIVERGED", "SKIPPED", "FAILED", "KILLED"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Job:
 
     num: int
     overrides: list[str]
-    status: str  # FINISHED | DIVERGED | SKIPPED | FAILED
+    status: str  # FINISHED | DIVERGED | SKIPPED | FAILED | KILLED
     run_id: str | None = None  # the run it made, or for SKIPPED the earlier run it matched
     final_loss: float | None = None
     error: str | None = None
@@ -140,6 +142,8 @@ class SweepCallback(Callback):
         parent = Parent(client.tracking_uri, experiment_id, run.info.run_id, str(folder))
         hand_to_jobs(parent)
         _open[parent.run_id] = parent  # closed where `parents()` ends
+        # A signal now stops this sweep's jobs wherever they run, then closes the parent.
+        stopping.watch(str(folder), str(sweep_dir), str(config.hydra.launcher.get("_target_")))
         _close_zombies(client, experiment_id)
         return parent
 
@@ -324,11 +328,26 @@ def run_job(
     """Runs one job of a sweep as a child of `parent`, or skips it when `resume` is on and an
     identical config already FINISHED in the experiment; returns its final loss either way.
     With `trained` (the job trained in a batch: polyexp.sweeps.batched) it only records the job."""
+    hydra = HydraConfig.get()
+    num = int(hydra.job.num)
+    interrupted = trained is not None and trained.interrupted
+    # In flight: registered, and stopped by SIGTERM / SIGINT in whatever process it runs.
+    with stopping.job(parent.folder, num, overrides, hydra.runtime.output_dir, interrupted):
+        try:
+            return _run_job(cfg, overrides, parent, num, trained)
+        except KeyboardInterrupt as interrupt:
+            why = f"interrupted by {interrupt or 'Ctrl-C'}"
+            _write(parent, Job(num, overrides, KILLED, error=why))  # run id: see finish
+            raise
+
+
+def _run_job(
+    cfg: DictConfig, overrides: list[str], parent: Parent, num: int, trained: Trained | None
+) -> float:
     from mlflow.tracking import MlflowClient
 
     from polyexp.record import journal, runner, store
 
-    num = int(HydraConfig.get().job.num)
     failed = Path(parent.folder) / STORE_FAILED
     if failed.exists():  # an earlier job found the store dead: the sweep stops, job by job fast
         raise SweepAborted(failed.read_text().strip())
@@ -359,6 +378,8 @@ def run_job(
         else:
             result = runner.record(cfg, trained, overrides, tags)
     except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            raise  # KILLED (run_job)
         why = store.redact(f"{type(error).__name__}: {error}")
         _write(parent, Job(num, overrides, FAILED, error=why))
         if isinstance(error, journal.StoreFailed):
@@ -418,6 +439,53 @@ def _summarize(client: MlflowClient, parent: Parent, ranked: list[Job], children
     client.set_tag(parent.run_id, "mlflow.note.content", note)
 
 
+def _close_left_running(client: MlflowClient, children: list, error: str | None) -> None:
+    """Ends the child runs their jobs left RUNNING: a job's process that is gone (killed from
+    outside, or by its launcher) never closed its run. An interrupted sweep's: KILLED; else
+    FAILED. An interrupted sweep leaves a run whose process still lives (on another host) to
+    close itself."""
+    from polyexp.record import journal, sync
+
+    here = socket.gethostname()
+    for child in children:
+        if child.info.status != "RUNNING":
+            continue
+        tags = child.data.tags
+        pid = tags.get(journal.PID_TAG)
+        gone = tags.get(journal.HOST_TAG) == here and pid and not sync.alive(int(pid))
+        if error == KILLED:
+            if not gone:
+                continue
+            why = f"the sweep was interrupted and its process (pid {pid} on {here}) is gone"
+            client.set_tag(child.info.run_id, sync.CLOSED_BY, why)
+        else:
+            why = "the job ended without closing its run" + (
+                f": its process (pid {pid} on {here}) died, e.g. killed by the OOM killer"
+                if gone
+                else ""
+            )
+            client.set_tag(child.info.run_id, "error", why)
+        client.set_terminated(child.info.run_id, KILLED if error == KILLED else FAILED)
+
+
+def _every_job(parent: Parent, children: list, unfinished: str) -> list[Job]:
+    """The sweep's jobs: each Job file, plus a job still registered in flight that wrote none
+    (its process died), as `unfinished`; a job that could not say its run id gets it from its
+    child run (tag sweep.job)."""
+    jobs = {j.num: j for j in jobs_of(parent)}
+    for j in stopping.in_flight(parent.folder):
+        if j.num not in jobs:
+            why = "its process ended without saying how the job ended"
+            jobs[j.num] = Job(j.num, j.overrides, unfinished, error=why)
+    runs = {c.data.tags.get("sweep.job"): c.info.run_id for c in children}
+    return [
+        dataclasses.replace(j, run_id=runs.get(str(j.num)))
+        if j.run_id is None and j.status in (FAILED, KILLED)
+        else j
+        for _, j in sorted(jobs.items())
+    ]
+
+
 def finish(parent: Parent, error: str | None) -> None:
     """Prints and records the sweep summary, then ends the parent: FINISHED when every job
     finished (diverged and skipped jobs count as finished), FAILED when any failed or the sweep
@@ -433,20 +501,16 @@ def finish(parent: Parent, error: str | None) -> None:
         (Path(parent.folder) / "parent-status.json").write_text(json.dumps(status) + "\n")
         return
     try:
-        jobs = jobs_of(parent)
         children = client.search_runs(
             [parent.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'"
         )
-        for child in children:
-            if child.info.status == "RUNNING" and error != "KILLED":
-                # Its job ended without closing it (a worker killed from outside).
-                client.set_tag(child.info.run_id, "error", "the job ended without closing its run")
-                client.set_terminated(child.info.run_id, "FAILED")
+        _close_left_running(client, children, error)
+        jobs = _every_job(parent, children, KILLED if error == KILLED else FAILED)
         if any(j.status == FAILED for j in jobs) or any(
             c.info.status != "FINISHED" for c in children
         ):
             status = error or FAILED
-        counts = {s: sum(j.status == s for j in jobs) for s in (FAILED, DIVERGED, SKIPPED)}
+        counts = {s: sum(j.status == s for j in jobs) for s in (FAILED, DIVERGED, SKIPPED, KILLED)}
         metrics: dict[str, float] = {"jobs": len(jobs)}
         metrics.update({f"jobs_{k.lower()}": v for k, v in counts.items()})
         ranked = summary.rank(jobs)
@@ -471,6 +535,7 @@ def closed(parent: Parent) -> None:
     cleared."""
     if os.environ.get(PARENT_ENV) == json.dumps(asdict(parent)):
         del os.environ[PARENT_ENV]
+    stopping.unwatch(parent.folder)
     path = Path(parent.folder) / OPEN
     if path.exists():
         path.replace(path.with_name("parent.closed.json"))

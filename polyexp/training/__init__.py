@@ -31,6 +31,7 @@ class Trained:
     train_seconds: float  # for a batch: its loop's wall time shared out among its runs
     device: str  # where it trained, e.g. "cpu" or "cuda:0"
     batch_size: int = 1  # how many runs trained together (polyexp.sweeps.batched)
+    interrupted: bool = False  # its batch's training was interrupted: the losses so far
 
 
 class Training:

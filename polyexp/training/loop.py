@@ -64,12 +64,15 @@ def loop(fit: Fit, steps: int, history: History, log_every: int, chunk: int = 10
     `history`; prints `step loss` every `log_every` steps as the seed does (0: never).
     Stops early when the loss stops being finite (seen when a chunk comes to the host)."""
     every = log_every or chunk
-    bar = tqdm(range(steps), leave=False, disable=not sys.stderr.isatty(), unit="step")
-    for t in bar:
+    # A bar only on a terminal: tqdm makes a multiprocessing lock (a named semaphore), which a
+    # job process killed by its launcher (joblib's loky SIGKILLs its workers) would leak.
+    bar = tqdm(range(steps), leave=False, unit="step") if sys.stderr.isatty() else None
+    write = print if bar is None else bar.write
+    for t in range(steps) if bar is None else bar:
         history.append(fit.step())
         if (t + 1) % every == 0:
             loss = history.flush()[-1]
             if history.diverged_at is not None:
                 break  # a diverged run is an outcome: the runner records where it happened
             if log_every:
-                bar.write(f"{t} {loss}")
+                write(f"{t} {loss}")
