@@ -14,6 +14,7 @@ Only Hydra's public API: nothing from hydra._internal, nothing of Hydra's replac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -106,20 +107,23 @@ def _record_killed(
 ) -> None:
     """The members of a batch whose training was interrupted, each recorded as a KILLED child
     run with its losses so far (its Job file says KILLED), within the stop's grace
-    (POLYEXP_STOP_GRACE); a member past it is not recorded, and said so. A second signal
-    stops at once."""
+    (POLYEXP_STOP_GRACE): each member's losses go to the store for its share of the time left,
+    the rest stays in its journal for polyexp-sync; a member the grace leaves no time for is not
+    recorded, and said so. A second signal stops at once."""
     from polyexp.record import runner
 
     deadline = time.monotonic() + stopping.grace()
     for done, (cfg, one) in enumerate(zip(jobs, trained, strict=True)):
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             log.warning(
                 f"{len(jobs) - done} jobs of the interrupted batch not recorded: "
                 f"{stopping.GRACE_ENV}={stopping.grace():g} s is over"
             )
             return
+        share = now + (deadline - now) / (len(jobs) - done)
         try:
-            _run(launcher, _recorded(parent, one), cfg)
+            _run(launcher, _recorded(parent, dataclasses.replace(one, record_by=share)), cfg)
         except runner.Killed:  # recorded KILLED, as asked
             continue
 

@@ -182,6 +182,7 @@ class Recorder:
         self._rows: list[Any] = []  # Metric rows not yet in the store
         self._count = 0  # losses journaled
         self._sent = time.monotonic()
+        self.unsent = 0  # losses only the journal has, on purpose (keep_losses)
 
     @property
     def artifacts(self) -> Path:
@@ -219,6 +220,24 @@ class Recorder:
         self._count = start + len(losses)
         if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._sent >= FLUSH_SECONDS:
             self._send()
+
+    def keep_losses(self, losses: np.ndarray, deadline: float) -> None:
+        """The losses of a run trained elsewhere whose training was interrupted: all journaled
+        at once, then sent to the store FLUSH_ROWS at a time until `deadline` (time.monotonic);
+        the rest stays in the journal, kept when the run closes, for polyexp-sync."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.journal.append(losses, now)
+        self._count = len(losses)
+        values = losses.tolist()
+        for start in range(0, len(values), FLUSH_ROWS):
+            if time.monotonic() >= deadline:
+                self.unsent = len(values) - start
+                return
+            part = values[start : start + FLUSH_ROWS]
+            rows = [Metric("loss", v, now, start + i) for i, v in enumerate(part)]
+            self.call("log the losses", self.client.log_batch, self.run_id, metrics=rows)
 
     def _send(self, final: list[Any] | None = None) -> None:
         rows, self._rows = self._rows, []
@@ -272,7 +291,8 @@ class Recorder:
         self.call("close the run", self.client.set_terminated, self.run_id, status)
         if self.failed is not None:
             raise self.failed
-        self.journal.remove()
+        if not self.unsent:
+            self.journal.remove()
 
 
 @contextmanager

@@ -99,7 +99,13 @@ def record(
     extra = {**(tags or {}), "sweep.batch_size": str(trained.batch_size)}
     if trained.interrupted:
         with _opened(cfg, s, overrides, extra, trained.device) as recorded:
-            recorded.add_losses(0, np.asarray(trained.losses, dtype=np.float64))
+            by = math.inf if trained.record_by is None else trained.record_by
+            recorded.keep_losses(np.asarray(trained.losses, dtype=np.float64), by)
+            if recorded.unsent:
+                print(
+                    f"polyexp: {recorded.unsent} of its {len(trained.losses)} losses are kept in "
+                    f"{recorded.journal.folder} (polyexp-sync uploads them)"
+                )
             raise Killed(f"its batch's training was interrupted at step {len(trained.losses)}")
     problem = s.problem()
     optimum = s.model.optimum(problem.x, problem.y)

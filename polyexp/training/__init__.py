@@ -32,6 +32,7 @@ class Trained:
     device: str  # where it trained, e.g. "cpu" or "cuda:0"
     batch_size: int = 1  # how many runs trained together (polyexp.sweeps.batched)
     interrupted: bool = False  # its batch's training was interrupted: the losses so far
+    record_by: float | None = None  # interrupted: the store gets its losses until then (monotonic)
 
 
 class Training:
