@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+import slurm_cluster
 from conftest import default_sigint, runs
 from polyexp.record import sync
 from polyexp.sweeps import sweep
@@ -174,3 +175,72 @@ def test_batched_an_interrupted_batch_records_each_member_killed_with_its_losses
     assert "kept in" not in err  # the store has every loss: no journal left
     assert not list(tmp_path.glob("outputs/multirun/*/*/*/record"))
     _assert_killed(store, children, seconds, out, err, tmp_path)
+
+
+def test_a_joblib_worker_that_dies_fails_its_job_and_the_sweep_ends_in_one_line(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    launched = Sweep(*LAUNCHERS["joblib"], cwd=tmp_path)
+    victim, *_ = _training(store, 2, launched)
+    pid = int(victim.data.tags["polyexp.pid"])
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer kills
+    try:
+        launched.process.wait(timeout=60)
+    finally:
+        launched.process.kill()
+    for reader in launched._readers:
+        reader.join(timeout=10)
+    out, err = "".join(launched.out), "".join(launched.err)
+    assert launched.process.returncode == 1
+    assert "Traceback" not in err, err[-3000:]
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("polyexp: error: a worker process of the sweep died (exit {SIGKILL(-9)})")
+    ), err[-3000:]
+    found = runs(store)
+    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    assert parent.info.status == "FAILED"
+    assert all(r.info.status != "RUNNING" for r in found), [r.info.status for r in found]
+    killed = store.get_run(victim.info.run_id)
+    assert killed.info.status == "FAILED"
+    assert f"pid {pid}" in killed.data.tags["error"]
+    assert len(store.get_metric_history(victim.info.run_id, "loss")) > 0
+    table = out[out.index("Sweep summary") :]
+    assert "| FAILED" in next(r for r in table.splitlines() if victim.info.run_id[:8] in r)
+    deadline = time.monotonic() + 5
+    while _left_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _left_in(tmp_path), _left_in(tmp_path)
+
+
+@pytest.mark.skipif(
+    bool(slurm_cluster.missing()) or os.geteuid() != 0, reason="needs Slurm's binaries and root"
+)
+def test_submitit_slurm_sigterm_ends_running_jobs_killed_and_cancels_pending_ones(
+    store: MlflowClient, tmp_path: Path
+) -> None:
+    with slurm_cluster.one_node_cluster() as env:  # 2 CPUs: 2 tasks run, the third waits
+        launched = Sweep(
+            "hydra/launcher=submitit_slurm",
+            f"hydra.launcher.partition={slurm_cluster.PARTITION}",
+            "hydra.launcher.timeout_min=5",
+            "seed=0,1,2",
+            cwd=tmp_path,
+            env=env,
+        )
+        flying = _training(store, 2, launched)
+        seconds, out, err = launched.stop(signal.SIGTERM)
+        squeue = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True, timeout=30
+        )
+        deadline = time.monotonic() + 10  # Slurm ends its own steps' bookkeeping just after
+        while squeue.stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            squeue = subprocess.run(
+                ["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True
+            )
+    _assert_killed(store, flying, seconds, out, err, tmp_path)
+    assert squeue.stdout.strip() == "", squeue.stdout  # the pending task was cancelled too
+    children = [r for r in runs(store) if sweep.PARENT_TAG in r.data.tags]
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -343,7 +344,8 @@ def explain(error: BaseException) -> str | None:
     SIGKILL), instead of its traceback; None for any other error."""
     if type(error).__name__ != "TerminatedWorkerError":
         return None
-    codes = str(error).rpartition("exit codes of the workers are")[2].strip(" .\n")
+    found = re.search(r"exit codes of the workers are (\{[^}]*\})", str(error))
+    codes = found.group(1) if found else ""
     return (
         f"a worker process of the sweep died{f' (exit {codes})' if codes else ''}, e.g. killed "
         "by the OOM killer or SIGKILL; joblib then stops every worker: the jobs in progress "

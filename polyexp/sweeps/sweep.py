@@ -460,7 +460,8 @@ def _close_left_running(client: MlflowClient, children: list, error: str | None)
             client.set_tag(child.info.run_id, sync.CLOSED_BY, why)
         else:
             why = "the job ended without closing its run" + (
-                f": its process (pid {pid} on {here}) died, e.g. killed by the OOM killer"
+                f": its process (pid {pid} on {here}) died: killed from outside (e.g. by the "
+                "OOM killer) or by its launcher (joblib's loky kills every worker when one dies)"
                 if gone
                 else ""
             )
