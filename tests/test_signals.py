@@ -146,8 +146,16 @@ LAUNCHERS = {
 IN_FLIGHT = {"basic": 1, "joblib": 2, "submitit_local": 2}
 
 
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize(
+    ("launcher", "stop"),
+    [
+        ("basic", signal.SIGTERM),  # Ctrl-C: tests/test_sweeps.py
+        ("joblib", signal.SIGTERM),
+        ("joblib", signal.SIGINT),
+        ("submitit_local", signal.SIGTERM),
+    ],
+    ids=["basic-sigterm", "joblib-sigterm", "joblib-ctrl-c", "submitit_local-sigterm"],
+)
 def test_a_signal_ends_every_job_in_progress_killed_with_its_losses(
     launcher: str, stop: signal.Signals, store: MlflowClient, tmp_path: Path
 ) -> None:
@@ -214,6 +222,7 @@ def test_a_joblib_worker_that_dies_fails_its_job_and_the_sweep_ends_in_one_line(
     assert not _left_in(tmp_path), _left_in(tmp_path)
 
 
+@pytest.mark.xdist_group("slurm")  # Slurm's ports are fixed: one cluster at a time
 @pytest.mark.skipif(
     bool(slurm_cluster.missing()) or os.geteuid() != 0, reason="needs Slurm's binaries and root"
 )
