@@ -64,6 +64,13 @@ def _alive(pid: int) -> bool:
     return sync.alive(pid)
 
 
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    """What a signal raises: Ctrl-C's own KeyboardInterrupt, or one naming the signal."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return KeyboardInterrupt(signal.Signals(signum).name)
+
+
 # --- in a job ---------------------------------------------------------------------------------
 
 _launcher_pid: int | None = None  # the process that opened a sweep's parent, when this is it
@@ -78,7 +85,7 @@ def _job_handler() -> Any:
     def handler(signum: int, frame: FrameType | None) -> None:
         if not fired:
             fired.append(signum)
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            raise _interrupt(signum)
 
     return handler
 
@@ -197,7 +204,7 @@ def install() -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    name = signal.Signals(signum).name
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     if _stopping:  # a second signal: stop waiting now
         if _waiting:
             folders = ", ".join(str(Path(j.folder) / "record") for j in _waiting)
@@ -206,11 +213,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
                 f"what they journaled is kept in {folders} (polyexp-sync uploads it)"
             )
             _waiting.clear()
-        raise KeyboardInterrupt(name)
+        raise _interrupt(signum)
     _stopping.append(name)
     for one in list(_sweeps.values()):
         stop(one, name)
-    raise KeyboardInterrupt(name)
+    raise _interrupt(signum)
 
 
 def _say(line: str) -> None:
