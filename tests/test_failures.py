@@ -200,3 +200,117 @@ def runs_of(uri: str) -> list:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("fresh")
     return list(client.search_runs([experiment.experiment_id]))
+
+
+def _first_run_with_losses(client: MlflowClient, timeout: float = 120) -> str:
+    """The id of the first run of any experiment whose losses the store (a server) has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = [e.experiment_id for e in client.search_experiments()]
+        for run in client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=10):
+            ours = "polyexp.pid" in run.data.tags
+            if ours and client.get_metric_history(run.info.run_id, "loss"):
+                return str(run.info.run_id)
+        time.sleep(0.3)
+    raise AssertionError("the store never showed a run's losses while it trained")
+
+
+def test_a_server_that_dies_during_job_0_stops_the_sweep_within_the_bound_and_sync_closes_all(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    port = services.free_port()
+    env = {**os.environ, "POLYEXP_STORE_TIMEOUT": "4", "MLFLOW_EXPERIMENT_NAME": "sweep-failures"}
+    env["MLFLOW_TRACKING_URI"] = uri = f"http://127.0.0.1:{port}"
+    work = tmp_path / "work"
+    work.mkdir()
+    with services.mlflow_server(db, port=port):
+        process = _start(
+            "-m", "steps=100000000,20,30", "backend=numpy", "log_every=1000", cwd=work, env=env
+        )
+        try:
+            job_0 = _first_run_with_losses(MlflowClient(uri))
+        except BaseException:
+            process.kill()
+            raise
+    killed = time.monotonic()  # the server is gone while job 0 trains
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    took = time.monotonic() - killed
+    assert process.returncode != 0
+    assert took < 4 + 20, took  # one bound for the whole sweep, never one a job
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot log the losses")
+    assert "the run's full record is kept in" in line and "polyexp-sync" in line
+    assert "#1 :" not in stdout and "#2 :" not in stdout  # jobs 1 and 2 never started
+    (journal,) = sync.find([work / "outputs"])
+    journaled = len(sync.Journal(journal).losses())
+    assert str(journal) in line
+
+    with services.mlflow_server(db, port=port):  # the store is back
+        done = _sync(cwd=work)
+        assert done.returncode == 0, done.stderr
+        assert "the sweep's parent run" in done.stdout and "closed: FAILED" in done.stdout
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("sweep-failures")
+        found = client.search_runs([experiment.experiment_id])
+        assert sorted(r.info.status for r in found) == ["FAILED", "FAILED"]  # parent and job 0
+        run = client.get_run(job_0)
+        assert run.data.tags["error"].startswith("StoreFailed")
+        history = client.get_metric_history(job_0, "loss")
+        assert sorted(m.step for m in history) == list(range(journaled))
+        again = _sync(cwd=work)
+        assert again.returncode == 0 and "closed" not in again.stdout, again.stdout
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(150)
+"""
+
+
+def test_sqlite_locked_by_another_process_mid_run_is_one_line_and_sync_completes_it(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "store.db"
+    env = {**os.environ, "POLYEXP_STORE_TIMEOUT": "4", "MLFLOW_EXPERIMENT_NAME": "locked"}
+    env["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    process = _start(*FOREVER, cwd=tmp_path, env=env)
+    holder = None
+    try:
+        run_id = _first_run_with_losses(client)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(db)], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        locked = time.monotonic()  # another process holds the write lock for 150 s
+        _, stderr = process.communicate(timeout=120)
+        took = time.monotonic() - locked
+    finally:
+        process.kill()
+        if holder is not None:
+            holder.kill()  # the lock is released
+            holder.wait()
+    assert process.returncode != 0
+    assert took < 4 + 20, took
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot "), line
+    assert "another process holds the SQLite database's write lock for 4 s" in line, line
+    assert "polyexp-sync" in line
+    (journal,) = sync.find([tmp_path / "outputs"])
+    journaled = len(sync.Journal(journal).losses())
+    assert str(journal) in line
+
+    done = _sync(cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert "write lock" in run.data.tags["error"]
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(journaled))
