@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -313,4 +314,60 @@ def test_sqlite_locked_by_another_process_mid_run_is_one_line_and_sync_completes
     assert run.info.status == "FAILED"
     assert "write lock" in run.data.tags["error"]
     history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(journaled))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MB filesystem (tmpfs), unmounted afterwards; skips where mounts are refused."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or 'refused'}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_under_the_store_is_one_line_and_sync_completes_the_run_once_freed(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    db = small_disk / "mlflow.db"  # the store on the small disk, the journal elsewhere
+    # A full disk is not waited out: a bound of 10 minutes would show.
+    env = {**os.environ, "POLYEXP_STORE_TIMEOUT": "600", "MLFLOW_EXPERIMENT_NAME": "full"}
+    env["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{db}"
+    work = tmp_path / "work"
+    work.mkdir()
+    start = time.monotonic()
+    process = _start(*FOREVER, cwd=work, env=env)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    took = time.monotonic() - start
+    assert process.returncode != 0
+    assert took < 60, took  # start-up, 4 MB of losses, then the line at once
+    (line,) = stderr.strip().splitlines()  # no SQLAlchemy traceback
+    assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot "), line
+    assert "the disk is full" in line and "polyexp-sync" in line, line
+    (journal,) = sync.find([work / "outputs"])
+    journaled = len(sync.Journal(journal).losses())
+    assert str(journal) in line
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("full").experiment_id])
+    assert run.info.status == "RUNNING"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) < journaled
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    done = _sync(cwd=work)  # the disk has room again
+    assert done.returncode == 0, done.stderr
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FAILED"
+    assert "the disk is full" in run.data.tags["error"]
+    history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(journaled))
