@@ -4,6 +4,8 @@ real `mlflow server` killed mid-run; `polyexp-sync` completes every record after
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -127,55 +129,6 @@ def test_the_plot_worker_dies_with_a_sigkilled_polyexp(store: MlflowClient, tmp_
     assert not [r for r in runs(store) if r.info.status == "RUNNING"]  # job 1 and the parent
 
 
-def test_a_tracking_server_that_dies_mid_run_stops_it_within_the_bound_in_one_line(
-    tmp_path: Path,
-) -> None:
-    db = f"sqlite:///{tmp_path / 'server.db'}"
-    port = services.free_port()
-    env = {**os.environ, "POLYEXP_STORE_TIMEOUT": "4", "MLFLOW_EXPERIMENT_NAME": "failures"}
-    env["MLFLOW_TRACKING_URI"] = uri = f"http://127.0.0.1:{port}"
-    work = tmp_path / "work"
-    work.mkdir()
-    with services.mlflow_server(db, port=port):
-        client = MlflowClient(uri)
-        process = _start(*FOREVER, cwd=work, env=env)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                found = client.search_runs(
-                    [e.experiment_id for e in client.search_experiments()], "", max_results=5
-                )
-                if found and client.get_metric_history(found[0].info.run_id, "loss"):
-                    break
-                time.sleep(0.3)
-            run_id = found[0].info.run_id
-        except BaseException:
-            process.kill()
-            raise
-    killed = time.monotonic()  # the server is gone
-    try:
-        _, stderr = process.communicate(timeout=90)
-    finally:
-        process.kill()
-    took = time.monotonic() - killed
-    assert process.returncode != 0
-    assert took < 4 + 20, took  # the bound, a retry in flight, and the exit
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot log the losses")
-    assert "polyexp-sync" in line and "record" in line
-    (journal,) = sync.find([work / "outputs"])
-    journaled = len(sync.Journal(journal).losses())
-
-    with services.mlflow_server(db, port=port):  # the store is back
-        done = _sync(cwd=work)
-        assert done.returncode == 0, done.stderr
-        run = MlflowClient(uri).get_run(run_id)
-        assert run.info.status == "FAILED"  # as it really ended: stopped by the store
-        assert run.data.tags["error"].startswith("StoreFailed")
-        history = MlflowClient(uri).get_metric_history(run_id, "loss")
-        assert sorted(m.step for m in history) == list(range(journaled))
-
-
 def test_two_commands_on_a_fresh_sqlite_store_never_race_and_a_half_migrated_one_is_one_line(
     tmp_path: Path,
 ) -> None:
@@ -203,67 +156,82 @@ def runs_of(uri: str) -> list:
     return list(client.search_runs([experiment.experiment_id]))
 
 
-def _first_run_with_losses(client: MlflowClient, timeout: float = 120) -> str:
-    """The id of the first run of any experiment whose losses the store (a server) has."""
+def _runs_with_losses(client: MlflowClient, count: int, timeout: float = 120) -> list[str]:
+    """The ids of the RUNNING polyexp runs of any experiment once `count` of them have losses in
+    the store (a server)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ids = [e.experiment_id for e in client.search_experiments()]
-        for run in client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=10):
-            ours = "polyexp.pid" in run.data.tags
-            if ours and client.get_metric_history(run.info.run_id, "loss"):
-                return str(run.info.run_id)
+        found = client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=10)
+        ours = [r.info.run_id for r in found if "polyexp.pid" in r.data.tags]
+        if sum(bool(client.get_metric_history(i, "loss")) for i in ours) >= count:
+            return ours
         time.sleep(0.3)
-    raise AssertionError("the store never showed a run's losses while it trained")
+    raise AssertionError("the store never showed the runs' losses while they trained")
 
 
-def test_a_server_that_dies_during_job_0_stops_the_sweep_within_the_bound_and_sync_closes_all(
+def test_a_tracking_server_that_dies_stops_a_run_and_a_sweep_within_the_bound_in_one_line(
     tmp_path: Path,
 ) -> None:
+    # One server, killed while a single run and job 0 of a 3-job sweep train on it.
     db = f"sqlite:///{tmp_path / 'server.db'}"
     port = services.free_port()
-    env = {**os.environ, "POLYEXP_STORE_TIMEOUT": "4", "MLFLOW_EXPERIMENT_NAME": "sweep-failures"}
-    env["MLFLOW_TRACKING_URI"] = uri = f"http://127.0.0.1:{port}"
-    work = tmp_path / "work"
-    work.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    base = {**os.environ, "POLYEXP_STORE_TIMEOUT": "4", "MLFLOW_TRACKING_URI": uri}
+    single, swept = tmp_path / "single", tmp_path / "sweep"
+    started = []
     with services.mlflow_server(db, port=port):
-        process = _start(
-            "-m", "steps=100000000,20,30", "backend=numpy", "log_every=1000", cwd=work, env=env
-        )
+        client = MlflowClient(uri)
         try:
-            job_0 = _first_run_with_losses(MlflowClient(uri))
+            sweep = ("-m", "steps=100000000,20,30", "backend=numpy", "log_every=1000")
+            for work, args in ((single, FOREVER), (swept, sweep)):
+                work.mkdir()
+                env = {**base, "MLFLOW_EXPERIMENT_NAME": work.name}
+                started.append(_start(*args, cwd=work, env=env))
+            _runs_with_losses(client, 2)  # the run and job 0 train, their losses in the store
         except BaseException:
-            process.kill()
+            for process in started:
+                process.kill()
             raise
-    killed = time.monotonic()  # the server is gone while job 0 trains
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    killed = time.monotonic()  # the server is gone
+    outputs = []
+    for process in started:
+        try:
+            outputs.append(process.communicate(timeout=120))
+        finally:
+            process.kill()
+        assert process.returncode != 0, outputs[-1]
     took = time.monotonic() - killed
-    assert process.returncode != 0
-    assert took < 4 + 20, took  # one bound for the whole sweep, never one a job
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot log the losses")
-    assert "the run's full record is kept in" in line and "polyexp-sync" in line
-    assert "#1 :" not in stdout and "#2 :" not in stdout  # jobs 1 and 2 never started
-    (journal,) = sync.find([work / "outputs"])
-    journaled = len(sync.Journal(journal).losses())
-    assert str(journal) in line
+    assert took < 4 + 20, took  # the bound, a call in flight, and the exit; once for the sweep
+    for (_, stderr), work in zip(outputs, (single, swept), strict=True):
+        (line,) = stderr.strip().splitlines()
+        assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot log the losses")
+        (journal,) = sync.find([work / "outputs"])
+        assert f"the run's full record is kept in {journal} (upload it with: polyexp-sync" in line
+    assert "#1 :" not in outputs[1][0] and "#2 :" not in outputs[1][0]  # jobs 1, 2 never began
+    journaled = {
+        work.name: len(sync.Journal(j).losses())
+        for work in (single, swept)
+        for j in sync.find([work / "outputs"])
+    }
 
     with services.mlflow_server(db, port=port):  # the store is back
-        done = _sync(cwd=work)
+        done = _sync(single / "outputs", swept / "outputs", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "the sweep's parent run" in done.stdout and "closed: FAILED" in done.stdout
         client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("sweep-failures")
-        found = client.search_runs([experiment.experiment_id])
-        assert sorted(r.info.status for r in found) == ["FAILED", "FAILED"]  # parent and job 0
-        run = client.get_run(job_0)
-        assert run.data.tags["error"].startswith("StoreFailed")
-        history = client.get_metric_history(job_0, "loss")
-        assert sorted(m.step for m in history) == list(range(journaled))
-        again = _sync(cwd=work)
+        for work in (single, swept):
+            experiment = client.get_experiment_by_name(work.name)
+            found = client.search_runs([experiment.experiment_id])
+            # As they really ended: stopped by the store (the sweep: its parent and job 0).
+            assert [r.info.status for r in found] == ["FAILED"] * (1 + (work is swept))
+            (run,) = [r for r in found if "polyexp.pid" in r.data.tags]
+            assert run.data.tags["error"].startswith("StoreFailed")
+            history = client.get_metric_history(run.info.run_id, "loss")
+            assert sorted(m.step for m in history) == list(range(journaled[work.name]))
+        again = _sync(single / "outputs", swept / "outputs", cwd=tmp_path)
         assert again.returncode == 0 and "closed" not in again.stdout, again.stdout
+        assert "completed" not in again.stdout
 
 
 HOLD_LOCK = """
@@ -285,7 +253,7 @@ def test_sqlite_locked_by_another_process_mid_run_is_one_line_and_sync_completes
     process = _start(*FOREVER, cwd=tmp_path, env=env)
     holder = None
     try:
-        run_id = _first_run_with_losses(client)
+        (run_id,) = _runs_with_losses(client, 1)
         holder = subprocess.Popen(
             [sys.executable, "-c", HOLD_LOCK, str(db)], stdout=subprocess.PIPE, text=True
         )
@@ -371,3 +339,134 @@ def test_a_full_disk_under_the_store_is_one_line_and_sync_completes_the_run_once
     assert "the disk is full" in run.data.tags["error"]
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(journaled))
+
+
+def test_runs_of_another_host_are_closed_after_no_heartbeat_and_live_ones_never(
+    store: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.entities import Metric
+
+    monkeypatch.setenv(sync.HEARTBEAT_ENV, "30")
+    experiment = store.create_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    now = int(time.time() * 1000)
+    old = now - 60_000  # a minute ago: twice the limit
+    elsewhere = {"polyexp.host": "another-host", "polyexp.pid": "1"}
+
+    def run(tags: dict[str, str], start: int, beat: int | None = None) -> str:
+        made = store.create_run(experiment, start_time=start, tags=tags)
+        if beat is not None:
+            store.log_batch(made.info.run_id, metrics=[Metric("loss", 1.0, beat, 0)])
+        return str(made.info.run_id)
+
+    stale = run(elsewhere, old, beat=old + 1000)
+    fresh = run(elsewhere, old, beat=now - 1000)  # trains: its newest loss is a second old
+    new = run(elsewhere, now)  # just started: no loss yet
+    foreign = run({}, old)  # not polyexp's: no host, no pid
+    here = run({"polyexp.host": socket.gethostname(), "polyexp.pid": str(os.getpid())}, now)
+    parent = {"polyexp.host": "another-host", "sweep.pid": "1", "sweep": "parent"}
+    busy = run(parent, old)  # its job 1 trains
+    run({**elsewhere, sync.PARENT_TAG: busy}, old, beat=now - 1000)
+    between = run(parent, old)  # its job 0 ended a second ago, job 1 not started yet
+    ended = run({**elsewhere, sync.PARENT_TAG: between}, old, beat=old)
+    store.set_terminated(ended, "FINISHED", end_time=now - 1000)
+    dead = run(parent, old)  # its last job ended a minute ago
+    gone = run({**elsewhere, sync.PARENT_TAG: dead}, old, beat=old)
+    store.set_terminated(gone, "FINISHED", end_time=old + 2000)
+
+    closed = sync.close_zombies(store, [experiment], "the test")
+    assert sorted(closed) == sorted([stale, dead])
+    for run_id in closed:
+        found = store.get_run(run_id)
+        assert found.info.status == "KILLED"
+        why = found.data.tags[sync.CLOSED_BY]
+        assert re.match(r"the test: no heartbeat from its host another-host for 5\d s ", why), why
+        assert f"{sync.HEARTBEAT_ENV}=30" in why
+    for run_id in (fresh, new, foreign, here, busy, between):
+        assert store.get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_long_healthy_run_of_another_host_keeps_its_heartbeat_and_a_killed_one_is_closed(
+    store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # log_every=10^7: the loop's own chunks (and its lines) come every 10^7 steps, minutes
+    # apart; the heartbeat must not wait for them.
+    limit = 5.0
+    monkeypatch.setenv(sync.HEARTBEAT_ENV, str(limit))
+    process = _start("backend=numpy", "steps=1000000000", "log_every=10000000", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := [r for r in runs(store) if "polyexp.pid" in r.data.tags]):
+            assert time.monotonic() < deadline and process.poll() is None, "no run"
+            time.sleep(0.2)
+        run_id, experiment = found[0].info.run_id, found[0].info.experiment_id
+        store.set_tag(run_id, "polyexp.host", "another-host")  # as seen from another host
+        started = found[0].info.start_time / 1000
+        time.sleep(max(0.0, started + limit + 1 - time.time()))
+        for _ in range(6):  # for 3 s beyond the limit: always alive
+            assert sync.close_zombies(store, [experiment], "the test") == []
+            assert store.get_run(run_id).info.status == "RUNNING"
+            time.sleep(0.5)
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    died = time.time()
+    while time.time() < died + limit + 3 and store.get_run(run_id).info.status == "RUNNING":
+        sync.close_zombies(store, [experiment], "the test")
+        time.sleep(0.5)
+    run = store.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert "no heartbeat from its host another-host" in run.data.tags[sync.CLOSED_BY]
+
+
+def test_the_heartbeat_chunks_never_change_where_a_diverging_run_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    import numpy as np
+
+    from conftest import build_fit
+
+    loop = importlib.import_module("polyexp.training.loop")  # the module, not its function
+
+    def train(listen: bool) -> tuple[int | None, int, list[float], list[int]]:
+        fit = build_fit("backend=numpy", "optimizer=manual_sgd", "optimizer.lr=1e-3")
+        heard: list[int] = []
+        history = loop.History(fit, (lambda start, _: heard.append(start)) if listen else None)
+        with np.errstate(over="ignore", invalid="ignore"):
+            loop.loop(fit, 100_000, history, log_every=10)
+        return history.diverged_at, len(history.values()), fit.coefficients().tolist(), heard
+
+    plain = train(listen=False)
+    monkeypatch.setattr(loop, "CHUNK_SECONDS", 0.0)  # a listener gets a chunk every step
+    heard = train(listen=True)
+    assert heard[:3] == plain[:3]  # the same step, the same losses, the same coefficients
+    assert plain[0] is not None and plain[1] % 10 == 0  # stopped where a line would print
+    assert heard[3] == list(range(plain[0]))  # every finite loss heard at once, step by step
+
+
+def test_sync_leaves_the_journal_of_another_hosts_live_run_and_completes_a_silent_one(
+    store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep folder on a filesystem the hosts share (Slurm): journals of runs on other nodes.
+    monkeypatch.setenv(sync.HEARTBEAT_ENV, "30")
+    experiment = store.create_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    folders, ids = [], []
+    for name in ("live", "silent"):
+        run = store.create_run(experiment)
+        ids.append(run.info.run_id)
+        state = {
+            "uri": store.tracking_uri, "experiment_id": experiment, "run_id": run.info.run_id,
+            "run_name": name, "params": {}, "tags": {}, "host": "another-host", "pid": 1,
+            "status": "RUNNING", "error": None, "metrics": {}, "artifacts_uploaded": False,
+        }  # fmt: skip
+        folders.append(sync.Journal.create(tmp_path / name / "record", state).folder)
+    long_ago = time.time() - 60
+    for path in folders[1].iterdir():
+        os.utime(path, (long_ago, long_ago))
+    live, silent = (sync.upload(folder) for folder in folders)
+    assert "still running on another-host (its journal written 0 s ago" in live, live
+    assert folders[0].is_dir()
+    assert "completed" in silent and "KILLED" in silent, silent
+    assert [store.get_run(i).info.status for i in ids] == ["RUNNING", "KILLED"]
