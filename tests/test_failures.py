@@ -205,7 +205,10 @@ def test_a_tracking_server_that_dies_stops_a_run_and_a_sweep_within_the_bound_in
     assert took < 4 + 20, took  # the bound, a call in flight, and the exit; once for the sweep
     for (_, stderr), work in zip(outputs, (single, swept), strict=True):
         (line,) = stderr.strip().splitlines()
-        assert line.startswith(f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot log the losses")
+        assert line.startswith(
+            f"polyexp: error: MLFLOW_TRACKING_URI={uri}: cannot log the losses: connection "
+            "refused: nothing listens there for 4 s (POLYEXP_STORE_TIMEOUT sets the limit); "
+        ), line
         (journal,) = sync.find([work / "outputs"])
         assert f"the run's full record is kept in {journal} (upload it with: polyexp-sync" in line
     assert "#1 :" not in outputs[1][0] and "#2 :" not in outputs[1][0]  # jobs 1, 2 never began

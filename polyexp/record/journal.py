@@ -89,8 +89,8 @@ def bounded(uri: str, what: str, call: Callable[..., Any], *args: Any, **kwargs:
         )
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():  # SQLite waits on another process's lock without a word
-            cause = store.LOCKED if store.sqlite_locked(uri) else "no answer"
+        if worker.is_alive():
+            cause = store.why_no_answer(uri)
         elif "error" not in box:
             return box.get("value")
         else:

@@ -94,6 +94,23 @@ def first_line(error: BaseException) -> str:
     return redact(lines[0])[:200] if lines else type(error).__name__
 
 
+def why_no_answer(uri: str) -> str:
+    """Why a call to the store at `uri` has not returned, asked in at most ~2 s: SQLite waits on
+    another process's lock without a word, and MLflow's HTTP client retries a dead server for
+    minutes."""
+    if sqlite_locked(uri):
+        return LOCKED
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2):
+                pass
+        except Exception as error:  # refused, timed out, unknown host, an HTTP error
+            return first_line(getattr(error, "reason", None) or error)
+    return "no answer"
+
+
 def sqlite_locked(uri: str) -> bool:
     """Whether another process holds the write lock of the SQLite store at `uri` now (asked
     without waiting: a write transaction begun and rolled back at once)."""
