@@ -3,6 +3,8 @@ real `mlflow server` killed mid-run; `polyexp-sync` completes every record after
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import socket
@@ -41,6 +43,21 @@ def _sync(*folders: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(sync_cli), *map(str, folders)], cwd=cwd, capture_output=True, text=True, timeout=120
     )
+
+
+def _sync_here(
+    *folders: Path, uri: str, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    """`polyexp-sync FOLDERS` in this process (its start-up, ~3 s, saved): exit status, stdout."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            sync.main([str(folder) for folder in folders])
+        except SystemExit as done:
+            return int(done.code or 0), out.getvalue()
+    return 0, out.getvalue()
 
 
 def _wait_for_losses(client: MlflowClient, at_least: int, timeout: float = 120) -> str:
@@ -171,7 +188,7 @@ def _runs_with_losses(client: MlflowClient, count: int, timeout: float = 120) ->
 
 
 def test_a_tracking_server_that_dies_stops_a_run_and_a_sweep_within_the_bound_in_one_line(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One server, killed while a single run and job 0 of a 3-job sweep train on it.
     db = f"sqlite:///{tmp_path / 'server.db'}"
@@ -219,9 +236,10 @@ def test_a_tracking_server_that_dies_stops_a_run_and_a_sweep_within_the_bound_in
     }
 
     with services.mlflow_server(db, port=port):  # the store is back
-        done = _sync(single / "outputs", swept / "outputs", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        assert "the sweep's parent run" in done.stdout and "closed: FAILED" in done.stdout
+        folders = (single / "outputs", swept / "outputs")
+        status, said = _sync_here(*folders, uri=uri, experiment="sweep", monkeypatch=monkeypatch)
+        assert status == 0, said
+        assert "the sweep's parent run" in said and "closed: FAILED" in said
         client = MlflowClient(uri)
         for work in (single, swept):
             experiment = client.get_experiment_by_name(work.name)
@@ -232,9 +250,8 @@ def test_a_tracking_server_that_dies_stops_a_run_and_a_sweep_within_the_bound_in
             assert run.data.tags["error"].startswith("StoreFailed")
             history = client.get_metric_history(run.info.run_id, "loss")
             assert sorted(m.step for m in history) == list(range(journaled[work.name]))
-        again = _sync(single / "outputs", swept / "outputs", cwd=tmp_path)
-        assert again.returncode == 0 and "closed" not in again.stdout, again.stdout
-        assert "completed" not in again.stdout
+        status, said = _sync_here(*folders, uri=uri, experiment="sweep", monkeypatch=monkeypatch)
+        assert status == 0 and "closed" not in said and "completed" not in said, said
 
 
 HOLD_LOCK = """
@@ -247,7 +264,7 @@ time.sleep(150)
 
 
 def test_sqlite_locked_by_another_process_mid_run_is_one_line_and_sync_completes_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "store.db"
     env = {**os.environ, "POLYEXP_STORE_TIMEOUT": "4", "MLFLOW_EXPERIMENT_NAME": "locked"}
@@ -279,8 +296,8 @@ def test_sqlite_locked_by_another_process_mid_run_is_one_line_and_sync_completes
     journaled = len(sync.Journal(journal).losses())
     assert str(journal) in line
 
-    done = _sync(cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    status, said = _sync_here(tmp_path, uri=uri, experiment="locked", monkeypatch=monkeypatch)
+    assert status == 0 and f"run {run_id} completed" in said, said
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert "write lock" in run.data.tags["error"]
@@ -306,7 +323,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_under_the_store_is_one_line_and_sync_completes_the_run_once_freed(
-    small_disk: Path, tmp_path: Path
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = small_disk / "mlflow.db"  # the store on the small disk, the journal elsewhere
     # A full disk is not waited out: a bound of 10 minutes would show.
@@ -335,8 +352,8 @@ def test_a_full_disk_under_the_store_is_one_line_and_sync_completes_the_run_once
     assert len(client.get_metric_history(run.info.run_id, "loss")) < journaled
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    done = _sync(cwd=work)  # the disk has room again
-    assert done.returncode == 0, done.stderr
+    status, said = _sync_here(work, uri=uri, experiment="full", monkeypatch=monkeypatch)
+    assert status == 0 and "completed" in said, said  # the disk has room again
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FAILED"
     assert "the disk is full" in run.data.tags["error"]
