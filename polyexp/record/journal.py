@@ -90,7 +90,7 @@ def bounded(uri: str, what: str, call: Callable[..., Any], *args: Any, **kwargs:
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
-            cause = "no answer"
+            cause = store.why_no_answer(uri)
         elif "error" not in box:
             return box.get("value")
         else:
@@ -179,7 +179,7 @@ class Recorder:
         self.run_id = run_id
         self.journal = journal
         self.failed: StoreFailed | None = None
-        self._rows: list[Any] = []  # Metric rows not yet in the store
+        self._unsent: list[float] = []  # the newest losses journaled, not sent to the store
         self._count = 0  # losses journaled
         self._sent = time.monotonic()
         self.unsent = 0  # losses only the journal has, on purpose (keep_losses)
@@ -207,18 +207,15 @@ class Recorder:
     def add_losses(self, start: int, losses: np.ndarray) -> None:
         """A chunk of losses from the loop (steps start, start+1, ...): journaled at once, sent
         to the store every FLUSH_ROWS rows or FLUSH_SECONDS."""
-        from mlflow.entities import Metric
-
         if start < self._count:  # already journaled
             losses = losses[self._count - start :]
             start = self._count
         if not len(losses):
             return
-        now = int(time.time() * 1000)
-        self.journal.append(losses, now)
-        self._rows += [Metric("loss", v, now, start + i) for i, v in enumerate(losses.tolist())]
+        self.journal.append(losses, int(time.time() * 1000))
+        self._unsent += losses.tolist()
         self._count = start + len(losses)
-        if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._sent >= FLUSH_SECONDS:
+        if len(self._unsent) >= FLUSH_ROWS or time.monotonic() - self._sent >= FLUSH_SECONDS:
             self._send()
 
     def keep_losses(self, losses: np.ndarray, deadline: float) -> None:
@@ -240,16 +237,22 @@ class Recorder:
             self.call("log the losses", self.client.log_batch, self.run_id, metrics=rows)
 
     def _send(self, final: list[Any] | None = None) -> None:
-        rows, self._rows = self._rows, []
+        """The unsent losses, FLUSH_ROWS a call, each call's rows stamped when it is sent: the
+        run's newest loss in the store is its heartbeat (polyexp.record.sync), fresh also while
+        a long backlog is written. `final` (metrics) goes with the last call."""
+        from mlflow.entities import Metric
+
+        values, self._unsent = self._unsent, []
+        first = self._count - len(values)  # the step of values[0]
+        for at in range(0, max(len(values), 1 if final else 0), FLUSH_ROWS):
+            now = int(time.time() * 1000)
+            part = values[at : at + FLUSH_ROWS]
+            rows = [Metric("loss", v, now, first + at + i) for i, v in enumerate(part)]
+            if at + FLUSH_ROWS >= len(values):
+                rows += final or []
+            self.call("log the losses", self.client.log_batch, self.run_id, metrics=rows,
+                      synchronous=True)  # fmt: skip
         self._sent = time.monotonic()
-        if rows or final:
-            self.call(
-                "log the losses",
-                self.client.log_batch,
-                self.run_id,
-                metrics=rows + (final or []),
-                synchronous=True,
-            )
 
     def log_metrics(self, losses: np.ndarray, final: Mapping[str, float]) -> None:
         """Every loss not sent yet (all of them for a run trained elsewhere) and the final

@@ -10,6 +10,7 @@ ridden out rather than lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -32,6 +33,7 @@ FAST_HTTP = {
 }
 SQLITE_BUSY_SECONDS = 5.0  # how long to wait for another process's lock on an SQLite store
 SERVER_HINT = "for many writers use a tracking server (README: Sharing a tracking server)"
+LOCKED = "another process holds the SQLite database's write lock"
 
 
 class StoreError(UserError):
@@ -99,6 +101,7 @@ _CAUSES = (
     ("timeout expired", "no answer within the time limit"),
     ("Name or service not known", "unknown host"),
     ("Temporary failure in name resolution", "unknown host"),
+    ("database is locked", LOCKED),
 )
 
 
@@ -110,6 +113,40 @@ def first_line(error: BaseException) -> str:
             return cause
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return redact(lines[0])[:200] if lines else type(error).__name__
+
+
+def why_no_answer(uri: str) -> str:
+    """Why a call to the store at `uri` has not returned, asked in at most ~2 s: SQLite waits on
+    another process's lock without a word, and MLflow's HTTP client retries a dead server for
+    minutes."""
+    if sqlite_locked(uri):
+        return LOCKED
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2):
+                pass
+        except Exception as error:  # refused, timed out, unknown host, an HTTP error
+            return first_line(getattr(error, "reason", None) or error)
+    return "no answer"
+
+
+def sqlite_locked(uri: str) -> bool:
+    """Whether another process holds the write lock of the SQLite store at `uri` now (asked
+    without waiting: a write transaction begun and rolled back at once)."""
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return False
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None)
+        ) as c:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("ROLLBACK")
+    except sqlite3.OperationalError as error:
+        return "locked" in str(error) or "busy" in str(error)
+    return False
 
 
 @contextmanager

@@ -7,7 +7,12 @@ tags, the losses the store lacks, the final numbers, the artifacts, and its stat
 ended (FINISHED, FAILED or KILLED; a journal whose process is gone without ending the run:
 KILLED). It is idempotent: a record the store has in full is removed, and a second sync finds
 nothing to do. It then closes zombies: RUNNING runs of those experiments whose process is gone
-(same host, pid no longer alive) end KILLED with the tag `polyexp.closed_by` saying why.
+(same host: pid no longer alive; another host: no heartbeat for POLYEXP_HEARTBEAT_TIMEOUT
+seconds) end KILLED with the tag `polyexp.closed_by` saying why.
+
+A run's heartbeat costs no store call of its own: it is the time of the run's newest logged
+metric (a training run streams its losses at least every few seconds), else its start; a
+sweep's parent beats with its jobs (a job's heartbeat, the end of its newest finished job).
 """
 
 from __future__ import annotations
@@ -25,6 +30,25 @@ from polyexp.record import journal, store
 from polyexp.record.journal import Journal, bounded
 
 CLOSED_BY = "polyexp.closed_by"
+HEARTBEAT_ENV = "POLYEXP_HEARTBEAT_TIMEOUT"  # seconds without a heartbeat: another host's run
+DEFAULT_HEARTBEAT = 600.0  # is taken as gone (clocks of different hosts may differ a little)
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def heartbeat_timeout() -> float:
+    """How long a run of another host may go without a heartbeat (POLYEXP_HEARTBEAT_TIMEOUT)."""
+    value = os.environ.get(HEARTBEAT_ENV)
+    try:
+        return float(value) if value else DEFAULT_HEARTBEAT
+    except ValueError:
+        return DEFAULT_HEARTBEAT
+
+
+def heartbeat(run: Any) -> float:
+    """When the run last showed life in the store (epoch seconds): its newest metric, or its
+    start."""
+    stamps = [m.timestamp for m in run.data.to_proto().metrics]
+    return max([run.info.start_time or 0, *stamps]) / 1000
 
 
 def find(folders: Iterable[Path]) -> list[Path]:
@@ -82,6 +106,12 @@ def upload(folder: Path) -> str:
     if status == "RUNNING":
         if state["host"] == socket.gethostname() and alive(int(state["pid"])):
             return f"{folder}: run {run_id} is still running (pid {state['pid']}): left as it is"
+        age = time.time() - max(p.stat().st_mtime for p in folder.iterdir())
+        if state["host"] != socket.gethostname() and age <= heartbeat_timeout():
+            return (
+                f"{folder}: run {run_id} is still running on {state['host']} (its journal "
+                f"written {age:.0f} s ago; {HEARTBEAT_ENV}={heartbeat_timeout():g}): left as it is"
+            )
         status = "KILLED"
         tags[CLOSED_BY] = (
             f"polyexp-sync: its process (pid {state['pid']} on {state['host']}) ended "
@@ -135,20 +165,52 @@ def close_parent(folder: Path) -> str:
     return f"{folder.parent}: the sweep's parent run {parent['run_id']} closed: {status}"
 
 
+def _last_job_end(client: Any, run: Any) -> float:
+    """When the newest finished job of the sweep whose parent is `run` ended (epoch seconds)."""
+    found = client.search_runs(
+        [run.info.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{run.info.run_id}' and attributes.status != 'RUNNING'",
+        order_by=["attributes.end_time DESC"],
+        max_results=1,
+    )
+    return (found[0].info.end_time or 0) / 1000 if found else 0.0
+
+
 def close_zombies(client: Any, experiment_ids: list[str], by: str) -> list[str]:
-    """Ends KILLED every RUNNING run of these experiments whose process (this host, tags
-    polyexp.pid or sweep.pid) is gone, tagged `polyexp.closed_by`; returns their ids."""
+    """Ends KILLED every RUNNING run of these experiments whose process is gone, tagged
+    `polyexp.closed_by` with why; returns their ids. A run of this host (tags polyexp.host and
+    polyexp.pid or sweep.pid): its pid is no longer alive; a run of another host: no heartbeat
+    for heartbeat_timeout() seconds. Runs without these tags (not polyexp's) are left alone."""
     here = socket.gethostname()
+    limit, now = heartbeat_timeout(), time.time()
     closed = []
     found = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000)
+    beats = {run.info.run_id: heartbeat(run) for run in found}
+    for run in found:  # a sweep's parent beats with its running jobs
+        parent = run.data.tags.get(PARENT_TAG)
+        if parent in beats:
+            beats[parent] = max(beats[parent], beats[run.info.run_id])
     for run in found:
         tags = run.data.tags
         pid = tags.get(journal.PID_TAG) or tags.get("sweep.pid")
-        if not pid or tags.get(journal.HOST_TAG, here) != here:
+        host = tags.get(journal.HOST_TAG, here)
+        if not pid and journal.HOST_TAG not in tags:
             continue
-        if alive(int(pid), run.info.start_time / 1000):
-            continue
-        why = f"{by}: its process (pid {pid} on {here}) is gone and the run was left RUNNING"
+        if host == here:
+            if not pid or alive(int(pid), run.info.start_time / 1000):
+                continue
+            why = f"{by}: its process (pid {pid} on {here}) is gone and the run was left RUNNING"
+        else:
+            beat = beats[run.info.run_id]
+            if now - beat > limit and tags.get("sweep") == "parent":
+                beat = max(beat, _last_job_end(client, run))
+            if now - beat <= limit:
+                continue
+            why = (
+                f"{by}: no heartbeat from its host {host} for {now - beat:.0f} s (its newest "
+                f"logged metric, else its start; {HEARTBEAT_ENV}={limit:g}): its process is "
+                "taken as gone and the run was left RUNNING"
+            )
         client.set_tag(run.info.run_id, CLOSED_BY, why)
         client.set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_id)

@@ -32,6 +32,15 @@ for _name in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+def _not_reraised(record: logging.LogRecord) -> bool:
+    """MLflow's SQL store logs every database error with its whole traceback (~40 lines: a full
+    disk, a lock held too long), then raises it; polyexp reports what it raises in one line."""
+    return not record.getMessage().startswith("SQLAlchemy database error.")
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_not_reraised)
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve()}"
 

@@ -14,6 +14,9 @@ from polyexp.parts.backends import Fit
 
 # What hears each chunk of finite losses as it reaches the host: (its first step, the losses).
 OnChunk = Callable[[int, np.ndarray], None]
+# With a listener, losses also come to the host at least this often (seconds), however slow the
+# steps: the record streams them, and a run's newest loss in the store is its heartbeat.
+CHUNK_SECONDS = 1.0
 
 
 class History:
@@ -30,12 +33,14 @@ class History:
         self.diverged_at: int | None = None  # the first step whose loss is not finite
         self.on_chunk = on_chunk
         self.on_chunk_seconds = 0.0
+        self.due = time.monotonic() + CHUNK_SECONDS  # when a listener is next owed a chunk
 
     def append(self, loss: Any) -> None:
         self._pending.append(loss)
 
     def flush(self) -> np.ndarray:
         """Fetches the pending losses to the host and returns them."""
+        self.due = time.monotonic() + CHUNK_SECONDS
         if self._pending:
             chunk = self._fit.fetch(self._pending)
             finite = np.isfinite(chunk)  # checked here, on the host, never with a sync a step
@@ -62,8 +67,12 @@ class History:
 def loop(fit: Fit, steps: int, history: History, log_every: int, chunk: int = 1000) -> None:
     """Runs `steps` updates, appending each step's loss (computed before its update) to
     `history`; prints `step loss` every `log_every` steps as the seed does (0: never).
-    Stops early when the loss stops being finite (seen when a chunk comes to the host)."""
+    Stops early when the loss stops being finite (seen when a chunk comes to the host, and
+    acted on every `log_every` steps, else every `chunk`: where a run stops never depends on
+    time). A listener (`history.on_chunk`) also gets the losses every CHUNK_SECONDS."""
     every = log_every or chunk
+    listening = history.on_chunk is not None
+    history.due = time.monotonic() + CHUNK_SECONDS
     # A bar only on a terminal: tqdm makes a multiprocessing lock (a named semaphore), which a
     # job process killed by its launcher (joblib's loky SIGKILLs its workers) would leak.
     bar = tqdm(range(steps), leave=False, unit="step") if sys.stderr.isatty() else None
@@ -76,3 +85,5 @@ def loop(fit: Fit, steps: int, history: History, log_every: int, chunk: int = 10
                 break  # a diverged run is an outcome: the runner records where it happened
             if log_every:
                 write(f"{t} {loss}")
+        elif listening and time.monotonic() >= history.due:  # slow steps: the heartbeat
+            history.flush()
