@@ -58,6 +58,29 @@ def _config(folder: Path, node: str, munge_socket: Path) -> str:
     )
 
 
+PORTS = (6817, 6818)  # slurmctld, slurmd: Slurm's defaults (the config written here keeps them)
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def _wait_for_ports(timeout: float) -> None:
+    """Until the previous cluster's daemons (and a job step they left) have let go of Slurm's
+    fixed ports: a cluster started right after another would fail to bind them."""
+    deadline = time.monotonic() + timeout
+    while busy := [port for port in PORTS if _in_use(port)]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Slurm's ports {busy} are still in use by another process")
+        time.sleep(0.2)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
@@ -109,6 +132,7 @@ def one_node_cluster(timeout: float = 30) -> Iterator[dict[str, str]]:
             if time.monotonic() > deadline or started[0].poll() is not None:
                 raise RuntimeError(f"munged did not start: {_tail(munge / 'munged.log')}")
             time.sleep(0.05)
+        _wait_for_ports(timeout)
         for daemon in ("slurmctld", "slurmd"):
             started.append(
                 subprocess.Popen(
