@@ -11,6 +11,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from polyexp import bounds
 from polyexp.errors import UserError
 from polyexp.record import store
 from polyexp.sweeps import stopping, sweep
@@ -62,6 +63,10 @@ def asks_hydra_rerun(argv: list[str]) -> bool:
 def main() -> None:
     # SIGTERM (a scheduler's or `kill`'s stop) takes Ctrl-C's path: the run ends KILLED with
     # every step so far; a sweep's jobs wherever they run, then its parent (sweeps.stopping).
+    try:
+        bounds.check()  # the time limits in the environment, before any work
+    except UserError as error:
+        sys.exit(f"polyexp: error: {error}")
     stopping.install()
     store.redact_tracebacks()  # an error that echoes a store's URI never shows its password
     if asks_hydra_rerun(sys.argv[1:]):  # refused before Hydra can load the pickle

@@ -31,7 +31,8 @@ from mlflow.tracking import MlflowClient
 import polyexp
 import services
 from conftest import Payload, polyexp_cli, runs
-from polyexp import cli, config
+from polyexp import bounds, cli, config
+from polyexp.errors import UserError
 from polyexp.record import limits, runner, store
 from polyexp.sweeps import rerun, sweep
 
@@ -714,3 +715,35 @@ def test_an_uncaught_error_that_echoes_a_uri_prints_no_password(tmp_path: Path) 
     )
     assert done.returncode == 1 and "Traceback" in done.stderr
     assert "hunter2" not in done.stderr and "postgresql://me:***@db/mlflow" in done.stderr
+
+
+@pytest.mark.parametrize("name", list(bounds.DEFAULTS))
+@pytest.mark.parametrize("value", ["soon", "-1", "inf"])
+def test_a_bad_time_limit_is_refused_in_one_line_before_any_work(
+    name: str, value: str, store: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=rf"^{name}='{value}' is not a number of seconds"):
+        bounds.check()
+    monkeypatch.setenv(name, " 7.5 ")
+    assert bounds.seconds(name) == 7.5
+    monkeypatch.delenv(name)
+    assert bounds.seconds(name) == bounds.DEFAULTS[name]
+
+
+@pytest.mark.slow
+def test_the_commands_refuse_a_bad_time_limit_before_recording(
+    store: MlflowClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("POLYEXP_STOP_GRACE", "soon")
+    done = polyexp_cli("backend=numpy", "steps=20", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "polyexp: error: POLYEXP_STOP_GRACE='soon' is not a number of seconds; set a number >= 0 "
+        "or unset it"
+    )
+    sync_cli = Path(sys.executable).with_name("polyexp-sync")
+    synced = subprocess.run([str(sync_cli)], cwd=tmp_path, capture_output=True, text=True)
+    assert synced.returncode == 2 and synced.stderr.count("\n") == 1, synced.stderr
+    assert "POLYEXP_STOP_GRACE='soon'" in synced.stderr
+    assert runs(store) == [] and not (tmp_path / "outputs").exists()

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from polyexp import bounds
 from polyexp.record import limits, store
 
-TIMEOUT_ENV = "POLYEXP_STORE_TIMEOUT"  # seconds a failing store is retried before a run stops
-DEFAULT_TIMEOUT = 30.0
+TIMEOUT_ENV = bounds.STORE_TIMEOUT_ENV  # seconds a failing store is retried before a run stops
 FLUSH_ROWS = 1000  # losses written to the store in one call (MLflow's batch limit)
 FLUSH_SECONDS = 2.0  # ...or after this long, whichever comes first
 FOLDER = "record"  # inside a Hydra run folder
@@ -53,11 +53,7 @@ class StoreFailed(store.StoreError):
 
 def timeout() -> float:
     """How long a failing store is retried before the run stops (POLYEXP_STORE_TIMEOUT)."""
-    value = os.environ.get(TIMEOUT_ENV)
-    try:
-        return float(value) if value else DEFAULT_TIMEOUT
-    except ValueError:
-        return DEFAULT_TIMEOUT
+    return bounds.seconds(TIMEOUT_ENV)
 
 
 def _permanent(error: BaseException) -> bool:

@@ -26,22 +26,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from polyexp import bounds
+from polyexp.errors import UserError
 from polyexp.record import journal, store
 from polyexp.record.journal import Journal, bounded
 
 CLOSED_BY = "polyexp.closed_by"
-HEARTBEAT_ENV = "POLYEXP_HEARTBEAT_TIMEOUT"  # seconds without a heartbeat: another host's run
-DEFAULT_HEARTBEAT = 600.0  # is taken as gone (clocks of different hosts may differ a little)
+# Seconds without a heartbeat after which another host's run is taken as gone (the clocks of
+# different hosts may differ a little).
+HEARTBEAT_ENV = bounds.HEARTBEAT_ENV
 PARENT_TAG = "mlflow.parentRunId"
 
 
 def heartbeat_timeout() -> float:
     """How long a run of another host may go without a heartbeat (POLYEXP_HEARTBEAT_TIMEOUT)."""
-    value = os.environ.get(HEARTBEAT_ENV)
-    try:
-        return float(value) if value else DEFAULT_HEARTBEAT
-    except ValueError:
-        return DEFAULT_HEARTBEAT
+    return bounds.seconds(HEARTBEAT_ENV)
 
 
 def heartbeat(run: Any) -> float:
@@ -228,6 +227,10 @@ def main(argv: list[str] | None = None) -> None:
         "folders", nargs="*", type=Path, help="run or sweep folders (default: outputs/)"
     )
     args = parser.parse_args(argv)
+    try:
+        bounds.check()  # before any work
+    except UserError as error:
+        parser.exit(2, f"polyexp-sync: error: {error}\n")
     from mlflow.tracking import MlflowClient
 
     from polyexp.record import tracking

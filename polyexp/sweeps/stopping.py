@@ -42,8 +42,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-GRACE_ENV = "POLYEXP_STOP_GRACE"  # seconds the launching process waits for its jobs to end
-DEFAULT_GRACE = 20.0
+from polyexp import bounds
+
+GRACE_ENV = bounds.STOP_GRACE_ENV  # seconds the launching process waits for its jobs to end
 RUNNING = "running"  # in a parent's folder: <num>.json for each job in flight
 STOPPING = "stopping"  # in a parent's folder: the sweep is stopping, no job starts any more
 SUBMITIT = ".submitit"  # in the sweep dir: one folder per submitit job, named by its job id
@@ -52,10 +53,7 @@ SLURM_IDS = ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID")
 
 def grace() -> float:
     """How long the launching process waits for its jobs in flight (POLYEXP_STOP_GRACE)."""
-    try:
-        return max(0.0, float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE))
-    except ValueError:
-        return DEFAULT_GRACE
+    return bounds.seconds(GRACE_ENV)
 
 
 def _alive(pid: int) -> bool:
