@@ -218,29 +218,23 @@ class Recorder:
         """The losses of a run trained elsewhere whose training was interrupted: all journaled
         at once, then sent to the store FLUSH_ROWS at a time until `deadline` (time.monotonic);
         the rest stays in the journal, kept when the run closes, for polyexp-sync."""
-        from mlflow.entities import Metric
+        self.journal.append(losses, int(time.time() * 1000))
+        self._unsent, self._count = losses.tolist(), len(losses)
+        self._send(deadline=deadline)
 
-        now = int(time.time() * 1000)
-        self.journal.append(losses, now)
-        self._count = len(losses)
-        values = losses.tolist()
-        for start in range(0, len(values), FLUSH_ROWS):
-            if time.monotonic() >= deadline:
-                self.unsent = len(values) - start
-                return
-            part = values[start : start + FLUSH_ROWS]
-            rows = [Metric("loss", v, now, start + i) for i, v in enumerate(part)]
-            self.call("log the losses", self.client.log_batch, self.run_id, metrics=rows)
-
-    def _send(self, final: list[Any] | None = None) -> None:
+    def _send(self, final: list[Any] | None = None, deadline: float = math.inf) -> None:
         """The unsent losses, FLUSH_ROWS a call, each call's rows stamped when it is sent: the
         run's newest loss in the store is its heartbeat (polyexp.record.sync), fresh also while
-        a long backlog is written. `final` (metrics) goes with the last call."""
+        a long backlog is written. `final` (metrics) goes with the last call. Past `deadline`
+        (time.monotonic) the rest is left to the journal (`unsent`)."""
         from mlflow.entities import Metric
 
         values, self._unsent = self._unsent, []
         first = self._count - len(values)  # the step of values[0]
         for at in range(0, max(len(values), 1 if final else 0), FLUSH_ROWS):
+            if time.monotonic() >= deadline:
+                self.unsent = len(values) - at
+                return
             now = int(time.time() * 1000)
             part = values[at : at + FLUSH_ROWS]
             rows = [Metric("loss", v, now, first + at + i) for i, v in enumerate(part)]
