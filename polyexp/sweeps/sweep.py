@@ -14,7 +14,6 @@ also when Hydra re-raises a failed job (then `on_multirun_end` never runs): neve
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import itertools
 import json
@@ -480,7 +479,7 @@ def _every_job(parent: Parent, children: list, unfinished: str) -> list[Job]:
             jobs[j.num] = Job(j.num, j.overrides, unfinished, error=why)
     runs = {c.data.tags.get("sweep.job"): c.info.run_id for c in children}
     return [
-        dataclasses.replace(j, run_id=runs.get(str(j.num)))
+        replace(j, run_id=runs.get(str(j.num)))
         if j.run_id is None and j.status in (FAILED, KILLED)
         else j
         for _, j in sorted(jobs.items())
